@@ -1,0 +1,848 @@
+"""ops: the one op registry.
+
+Every op is one block here: its shape/dtype rule, its eager numpy kernel, its VJP rule (written
+in fusegrad Tensor ops, so that backward traces like any other code) and its lowering (how the
+compiler renders it inside a fused loop). Nothing else in fusegrad knows the math of an op.
+
+Conventions
+- Positional arguments are Tensors or Python scalars; Python scalars are *runtime* values (the
+  compiler passes them as kernel arguments). Keyword attributes (dims, shapes, indices, the
+  exponent of ``x ** 2``) are static: they are part of a graph's signature.
+- ``vjp(n, g)`` gets the autograd node ``n`` (``n.args``, ``n.attrs``, ``n.out`` when
+  ``saves_out``, ``n.needs[i]``: whether input i wants a gradient) and the output gradient ``g``;
+  it returns one gradient per positional argument (None where there is none). The engine sums
+  broadcast gradients back to each input's shape and casts them to its dtype.
+- ``lower``: for ``kind == "elementwise"`` a Python expression template over the inputs
+  ``{0} {1} ...``; math functions inside it are resolved per dtype by the renderer (float32 uses
+  fusegrad.fastmath). Reductions name their accumulation. ``kind == "extern"`` ops have no loop
+  form: the compiled runtime calls their eager kernel (BLAS matmul, concatenation, gathers).
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import numpy as np
+
+from . import dtypes
+from .dtypes import bool_, float32, int64
+
+REGISTRY: dict[str, Op] = {}
+DISPATCH = None  # set by tensor.py: DISPATCH(op, args, attrs) -> Tensor
+
+
+def call(name: str, *args, **attrs):
+    """Apply a registered op from inside a VJP rule (eager or traced, like any Tensor op)."""
+    return DISPATCH(REGISTRY[name], args, attrs)
+
+
+def defop(cls):
+    """Register an op class; the registry holds one instance per op name."""
+    fn = cls.__dict__.get("vjp")
+    if fn is not None and not isinstance(fn, staticmethod):
+        cls.vjp = staticmethod(fn)  # vjp(n, g): the node is its context, not self
+    op = cls()
+    assert op.name not in REGISTRY, op.name
+    REGISTRY[op.name] = op
+    return cls
+
+
+class Op:
+    name = ""
+    grad_fn = ""  # PyTorch's autograd node name
+    kind = "extern"  # elementwise | reduce | view | extern
+    lower = None
+    saves_out = False  # vjp reads n.out
+    needs_inputs = True  # vjp reads input values (in-place changes to them are then an error)
+    differentiable = True
+
+    def __repr__(self) -> str:
+        return self.name
+
+    def infer(self, args: tuple, attrs: dict) -> tuple[tuple, dtypes.dtype]:
+        """(shape, dtype) of the result, from the arguments' shapes and dtypes."""
+        raise NotImplementedError
+
+    def eager(self, *arrays, **attrs) -> np.ndarray:
+        raise NotImplementedError
+
+    vjp = None
+
+
+# --------------------------------------------------------------------------- shape helpers
+@lru_cache(maxsize=8192)
+def broadcast_shapes(*shapes: tuple) -> tuple:
+    ndim = max(len(s) for s in shapes)
+    out = []
+    for i in range(ndim):
+        size = 1
+        for s in shapes:
+            d = s[i - ndim + len(s)] if i - ndim + len(s) >= 0 else 1
+            if d != 1:
+                if size != 1 and d != size:
+                    raise ValueError(
+                        f"The size of tensor a ({size}) must match the size of tensor b ({d}) "
+                        f"at non-singleton dimension {i}"
+                    )
+                size = d
+        out.append(size)
+    return tuple(out)
+
+
+def shape_of(x) -> tuple:
+    return x.shape if hasattr(x, "shape") else ()
+
+
+def part(x) -> tuple:
+    """A promotion participant: (dtype, priority) with tensors above zero-dim above scalars."""
+    if hasattr(x, "dtype") and isinstance(x.dtype, dtypes.dtype):
+        return (x.dtype, 2 if x.shape else 1)
+    return (dtypes.scalar_dtype(x), 0)
+
+
+def _quiet(fn):
+    """numpy warns on log(0), 1/0, overflow; PyTorch returns inf/nan silently, so do we."""
+
+    def run(*a, **k):
+        with np.errstate(all="ignore"):
+            return fn(*a, **k)
+
+    return run
+
+
+def _reduced_numel(shape: tuple, dims) -> int:
+    return math.prod(shape[d] for d in dims) if dims is not None else math.prod(shape)
+
+
+def reduce_shape(shape: tuple, dims, keepdim: bool) -> tuple:
+    if dims is None:
+        return tuple(1 for _ in shape) if keepdim else ()
+    if keepdim:
+        return tuple(1 if i in dims else s for i, s in enumerate(shape))
+    return tuple(s for i, s in enumerate(shape) if i not in dims)
+
+
+def kept_shape(shape: tuple, dims) -> tuple:
+    """The keepdim=True shape of a reduction, used to broadcast gradients back."""
+    return reduce_shape(shape, dims, True)
+
+
+# --------------------------------------------------------------------------- elementwise
+class Elementwise(Op):
+    kind = "elementwise"
+    rule = "promote"  # promote | float | bool (output) | same (first input's dtype)
+
+    def result_dtype(self, parts: tuple):
+        """(compute dtype, output dtype) from the promotion participants."""
+        if self.rule == "same":
+            return parts[0][0], parts[0][0]
+        d = dtypes.promote(parts)
+        if self.rule == "float":
+            return (d, d) if d.is_floating_point else (float32, float32)
+        if self.rule == "bool":
+            return d, bool_
+        return d, d
+
+    def infer(self, args, attrs):
+        shape = broadcast_shapes(*(shape_of(a) for a in args))
+        return shape, self.result_dtype(tuple(part(a) for a in args))[1]
+
+
+class Unary(Elementwise):
+    rule = "float"
+
+
+@defop
+class Add(Elementwise):
+    name, grad_fn, lower = "add", "AddBackward0", "({0} + {1})"
+    eager = staticmethod(np.add)
+    needs_inputs = False
+
+    def vjp(n, g):
+        return g, g
+
+
+@defop
+class Sub(Elementwise):
+    name, grad_fn, lower = "sub", "SubBackward0", "({0} - {1})"
+    eager = staticmethod(np.subtract)
+    needs_inputs = False
+
+    def vjp(n, g):
+        return g, (-g if n.needs[1] else None)
+
+
+@defop
+class Mul(Elementwise):
+    name, grad_fn, lower = "mul", "MulBackward0", "({0} * {1})"
+    eager = staticmethod(np.multiply)
+
+    def vjp(n, g):
+        a, b = n.args
+        return (g * b if n.needs[0] else None), (g * a if n.needs[1] else None)
+
+
+@defop
+class Div(Elementwise):
+    name, grad_fn, lower, rule = "div", "DivBackward0", "({0} / {1})", "float"
+    eager = staticmethod(_quiet(np.true_divide))
+
+    def vjp(n, g):
+        a, b = n.args
+        ga = g / b if n.needs[0] else None
+        gb = -g * a / (b * b) if n.needs[1] else None
+        return ga, gb
+
+
+@defop
+class Pow(Elementwise):
+    """tensor ** tensor (or scalar ** tensor); tensor ** number is PowScalar."""
+
+    name, grad_fn, lower, rule = "pow", "PowBackward1", "({0} ** {1})", "promote"
+    eager = staticmethod(_quiet(np.power))
+    saves_out = True
+
+    def vjp(n, g):
+        a, b = n.args
+        ga = g * (b * a ** (b - 1)) if n.needs[0] else None
+        gb = g * (n.out * a.log() if hasattr(a, "log") else n.out * math.log(a)) if n.needs[1] else None
+        return ga, gb
+
+
+@defop
+class PowScalar(Elementwise):
+    """x ** e for a Python number e; e is static (the renderer specialises x*x, sqrt...)."""
+
+    name, grad_fn, rule = "pow_scalar", "PowBackward0", "same"
+
+    def result_dtype(self, parts):
+        return None, None  # depends on the exponent: eager() decides, infer() mirrors it
+
+    def infer(self, args, attrs):
+        (x,) = args
+        d = x.dtype
+        if not d.is_floating_point and not float(attrs["exponent"]).is_integer():
+            d = float32
+        return x.shape, d
+
+    def eager(self, x, exponent):
+        with np.errstate(all="ignore"):
+            if exponent == 2:
+                return np.multiply(x, x)
+            if not float(exponent).is_integer() and not np.issubdtype(x.dtype, np.floating):
+                x = x.astype(np.float32)
+            return np.power(x, exponent if not np.issubdtype(x.dtype, np.floating) else x.dtype.type(exponent))
+
+    def vjp(n, g):
+        (x,) = n.args
+        e = n.attrs["exponent"]
+        if e == 0:
+            return (g * 0.0,)
+        return (g * (x ** (e - 1) * e) if e != 2 else g * (x * 2.0),)
+
+
+def _ufunc_unary(name, grad_fn, fn, lower, vjp, rule="float", saves_out=False, needs=True):
+    cls = type(
+        name.capitalize(),
+        (Unary,),
+        dict(
+            name=name, grad_fn=grad_fn, lower=lower, rule=rule, saves_out=saves_out,
+            needs_inputs=needs, eager=staticmethod(_quiet(fn)), vjp=vjp,
+        ),
+    )
+    return REGISTRY[defop(cls).name]
+
+
+def _sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+_erf_ufunc = None
+
+
+def _erf(x):
+    """numpy has no erf; a Numba-vectorized math.erf, compiled on first use."""
+    global _erf_ufunc
+    if _erf_ufunc is None:
+        import numba
+
+        @numba.vectorize(["float32(float32)", "float64(float64)"], cache=True)
+        def erf(v):
+            return math.erf(v)
+
+        _erf_ufunc = erf
+    return _erf_ufunc(x)
+
+
+def _gelu(x):
+    return 0.5 * x * (1.0 + _erf(x * x.dtype.type(1 / math.sqrt(2.0))))
+
+
+SQRT1_2 = 1 / math.sqrt(2.0)
+INV_SQRT_2PI = 1 / math.sqrt(2.0 * math.pi)
+
+_ufunc_unary("neg", "NegBackward0", np.negative, "(-{0})", lambda n, g: (-g,), "same", needs=False)
+_ufunc_unary("exp", "ExpBackward0", np.exp, "exp({0})", lambda n, g: (g * n.out,), saves_out=True)
+_ufunc_unary("log", "LogBackward0", np.log, "log({0})", lambda n, g: (g / n.args[0],))
+_ufunc_unary(
+    "sqrt", "SqrtBackward0", np.sqrt, "sqrt({0})", lambda n, g: (g / (n.out * 2.0),), saves_out=True
+)
+_ufunc_unary(
+    "rsqrt", "RsqrtBackward0", lambda x: 1.0 / np.sqrt(x), "(1.0 / sqrt({0}))",
+    lambda n, g: (g * (n.out ** 3 * -0.5),), saves_out=True,
+)
+_ufunc_unary("sin", "SinBackward0", np.sin, "sin({0})", lambda n, g: (g * n.args[0].cos(),))
+_ufunc_unary("cos", "CosBackward0", np.cos, "cos({0})", lambda n, g: (g * -n.args[0].sin(),))
+_ufunc_unary(
+    "tanh", "TanhBackward0", np.tanh, "tanh({0})", lambda n, g: (g * (1 - n.out * n.out),),
+    saves_out=True,
+)
+_ufunc_unary(
+    "sigmoid", "SigmoidBackward0", _sigmoid, "sigmoid({0})",
+    lambda n, g: (g * (n.out * (1 - n.out)),), saves_out=True,
+)
+_ufunc_unary(
+    "relu", "ReluBackward0", lambda x: np.maximum(x, 0), "max({0}, 0)",
+    lambda n, g: (g * (n.out > 0),), "same", saves_out=True,
+)
+_ufunc_unary("abs", "AbsBackward0", np.abs, "abs({0})", lambda n, g: (g * n.args[0].sign(),), "same")
+_ufunc_unary("sign", "SignBackward0", np.sign, "sign({0})", lambda n, g: (g * 0.0,), "same")
+_ufunc_unary(
+    "erf", "ErfBackward0", _erf, "erf({0})",
+    lambda n, g: (g * ((n.args[0] * n.args[0] * -1.0).exp() * (2.0 / math.sqrt(math.pi))),),
+)
+
+
+def _gelu_vjp(n, g):
+    x = n.args[0]
+    cdf = ((x * SQRT1_2).erf() + 1.0) * 0.5
+    pdf = (x * x * -0.5).exp() * INV_SQRT_2PI
+    return (g * (cdf + x * pdf),)
+
+
+_ufunc_unary("gelu", "GeluBackward0", _gelu, "gelu({0})", _gelu_vjp)
+
+
+@defop
+class LogicalNot(Elementwise):
+    name, lower, rule, differentiable = "logical_not", "(not {0})", "bool", False
+    eager = staticmethod(np.logical_not)
+
+
+def _compare(name, fn, sym):
+    cls = type(name, (Elementwise,), dict(
+        name=name, lower=f"({{0}} {sym} {{1}})", rule="bool", differentiable=False,
+        eager=staticmethod(fn),
+    ))
+    return REGISTRY[defop(cls).name]
+
+
+_compare("eq", np.equal, "==")
+_compare("ne", np.not_equal, "!=")
+_compare("lt", np.less, "<")
+_compare("le", np.less_equal, "<=")
+_compare("gt", np.greater, ">")
+_compare("ge", np.greater_equal, ">=")
+_compare("logical_and", np.logical_and, "and")
+_compare("logical_or", np.logical_or, "or")
+
+
+@defop
+class Maximum(Elementwise):
+    name, grad_fn, lower = "maximum", "MaximumBackward0", "max({0}, {1})"
+    eager = staticmethod(np.maximum)
+
+    def vjp(n, g):  # ties split the gradient evenly, as PyTorch does
+        a, b = n.args
+        w = (a > b) + (a == b) * 0.5
+        return (g * w if n.needs[0] else None), (g * (1.0 - w) if n.needs[1] else None)
+
+
+@defop
+class Minimum(Elementwise):
+    name, grad_fn, lower = "minimum", "MinimumBackward0", "min({0}, {1})"
+    eager = staticmethod(np.minimum)
+
+    def vjp(n, g):
+        a, b = n.args
+        w = (a < b) + (a == b) * 0.5
+        return (g * w if n.needs[0] else None), (g * (1.0 - w) if n.needs[1] else None)
+
+
+@defop
+class ClampMin(Elementwise):
+    name, grad_fn, lower, rule = "clamp_min", "ClampMinBackward0", "max({0}, {1})", "same"
+    eager = staticmethod(np.maximum)
+
+    def vjp(n, g):
+        x, lo = n.args
+        return g * (x >= lo), None
+
+
+@defop
+class ClampMax(Elementwise):
+    name, grad_fn, lower, rule = "clamp_max", "ClampMaxBackward0", "min({0}, {1})", "same"
+    eager = staticmethod(np.minimum)
+
+    def vjp(n, g):
+        x, hi = n.args
+        return g * (x <= hi), None
+
+
+@defop
+class Clamp(Elementwise):
+    name, grad_fn, lower, rule = "clamp", "ClampBackward1", "min(max({0}, {1}), {2})", "same"
+
+    def eager(self, x, lo, hi):
+        return np.minimum(np.maximum(x, lo), hi)
+
+    def vjp(n, g):
+        x, lo, hi = n.args
+        return g * ((x >= lo) * (x <= hi)), None, None
+
+
+@defop
+class Where(Elementwise):
+    name, grad_fn, lower = "where", "WhereBackward0", "({1} if {0} else {2})"
+
+    def result_dtype(self, parts):
+        d = dtypes.promote(parts[1:])
+        return d, d
+
+    def eager(self, c, a, b):
+        return np.where(c, a, b)
+
+    def vjp(n, g):
+        c, a, b = n.args
+        ga = call("where", c, g, 0.0) if n.needs[1] else None
+        gb = call("where", c, 0.0, g) if n.needs[2] else None
+        return None, ga, gb
+
+
+@defop
+class Cast(Elementwise):
+    name, grad_fn, lower = "cast", "ToCopyBackward0", "{0}"
+
+    def result_dtype(self, parts):
+        return None, None  # the target dtype is the attribute
+
+    def infer(self, args, attrs):
+        return args[0].shape, attrs["dtype"]
+
+    def eager(self, x, dtype):
+        return x.astype(dtype.np)
+
+    def vjp(n, g):
+        return (call("cast", g, dtype=n.args[0].dtype) if g.dtype is not n.args[0].dtype else g,)
+
+
+@defop
+class Clone(Elementwise):
+    name, grad_fn, lower, rule, needs_inputs = "clone", "CloneBackward0", "{0}", "same", False
+
+    def eager(self, x):
+        return np.array(x, copy=True)
+
+    def vjp(n, g):
+        return (g,)
+
+
+@defop
+class Expand(Elementwise):
+    """Broadcast to a shape; inside a fused loop it is only an index pattern."""
+
+    name, grad_fn, lower, rule, needs_inputs = "expand", "ExpandBackward0", "{0}", "same", False
+
+    def infer(self, args, attrs):
+        shape = attrs["shape"]
+        broadcast_shapes(args[0].shape, shape)
+        if len(shape) < len(args[0].shape) or broadcast_shapes(args[0].shape, shape) != shape:
+            raise ValueError(f"the shape {tuple(args[0].shape)} cannot be expanded to {shape}")
+        return shape, args[0].dtype
+
+    def eager(self, x, shape):
+        return np.broadcast_to(x, shape)
+
+    def vjp(n, g):
+        return (g,)  # the engine sums it back to the input's shape
+
+
+# --------------------------------------------------------------------------- reductions
+class Reduce(Op):
+    kind = "reduce"
+    rule = "same"
+
+    def out_dtype(self, d):
+        return d
+
+    def infer(self, args, attrs):
+        x = args[0]
+        return reduce_shape(x.shape, attrs["dims"], attrs["keepdim"]), self.out_dtype(x.dtype)
+
+
+@defop
+class Sum(Reduce):
+    name, grad_fn, lower, needs_inputs = "sum", "SumBackward0", "sum", False
+
+    def out_dtype(self, d):
+        return d if d.is_floating_point else int64
+
+    def eager(self, x, dims, keepdim):
+        out = self.out_dtype(dtypes.from_numpy_dtype(x.dtype)).np
+        return np.sum(x, axis=dims, keepdims=keepdim, dtype=out)
+
+    def vjp(n, g):
+        x = n.args[0]
+        dims = n.attrs["dims"]
+        if not n.attrs["keepdim"]:
+            g = g.reshape(kept_shape(x.shape, dims))
+        return (g.expand(x.shape),)
+
+
+@defop
+class Mean(Reduce):
+    name, grad_fn, lower, needs_inputs = "mean", "MeanBackward0", "mean", False
+
+    def out_dtype(self, d):
+        if not d.is_floating_point:
+            raise TypeError(
+                "mean(): could not infer output dtype. Input dtype must be either a floating "
+                f"point or complex dtype. Got: {d.name}"
+            )
+        return d
+
+    def eager(self, x, dims, keepdim):
+        self.out_dtype(dtypes.from_numpy_dtype(x.dtype))
+        with np.errstate(all="ignore"):
+            return np.mean(x, axis=dims, keepdims=keepdim)
+
+    def vjp(n, g):
+        x = n.args[0]
+        dims = n.attrs["dims"]
+        if not n.attrs["keepdim"]:
+            g = g.reshape(kept_shape(x.shape, dims))
+        return (g.expand(x.shape) / _reduced_numel(x.shape, dims),)
+
+
+def _extreme_vjp(n, g):
+    """Gradient of amax/amin: split evenly among the elements that attain the extreme."""
+    x = n.args[0]
+    dims = n.attrs["dims"]
+    out = n.out if n.attrs["keepdim"] else n.out.reshape(kept_shape(x.shape, dims))
+    if not n.attrs["keepdim"]:
+        g = g.reshape(kept_shape(x.shape, dims))
+    mask = x == out
+    count = mask.sum(dim=dims, keepdim=True)
+    return (g / count * mask,)
+
+
+@defop
+class Amax(Reduce):
+    name, grad_fn, lower, saves_out = "amax", "AmaxBackward0", "max", True
+    eager = staticmethod(lambda x, dims, keepdim: np.max(x, axis=dims, keepdims=keepdim))
+    vjp = _extreme_vjp
+
+
+@defop
+class Amin(Reduce):
+    name, grad_fn, lower, saves_out = "amin", "AminBackward0", "min", True
+    eager = staticmethod(lambda x, dims, keepdim: np.min(x, axis=dims, keepdims=keepdim))
+    vjp = _extreme_vjp
+
+
+class _ArgReduce(Reduce):
+    differentiable = False
+
+    def infer(self, args, attrs):
+        x, dim = args[0], attrs["dim"]
+        if dim is None:
+            return ((1,) * len(x.shape) if attrs["keepdim"] else ()), int64
+        return reduce_shape(x.shape, (dim,), attrs["keepdim"]), int64
+
+
+@defop
+class Argmax(_ArgReduce):
+    name = "argmax"
+
+    def eager(self, x, dim, keepdim):
+        return np.argmax(x, axis=dim, keepdims=keepdim)
+
+
+@defop
+class Argmin(_ArgReduce):
+    name = "argmin"
+
+    def eager(self, x, dim, keepdim):
+        return np.argmin(x, axis=dim, keepdims=keepdim)
+
+
+@defop
+class All(Reduce):
+    name, lower, differentiable = "all", "all", False
+    eager = staticmethod(lambda x, dims, keepdim: np.all(x, axis=dims, keepdims=keepdim))
+    out_dtype = staticmethod(lambda d: bool_)
+
+
+@defop
+class Any(Reduce):
+    name, lower, differentiable = "any", "any", False
+    eager = staticmethod(lambda x, dims, keepdim: np.any(x, axis=dims, keepdims=keepdim))
+    out_dtype = staticmethod(lambda d: bool_)
+
+
+# --------------------------------------------------------------------------- views
+class View(Op):
+    kind = "view"
+    needs_inputs = False
+
+
+@defop
+class Reshape(View):
+    name, grad_fn = "reshape", "ViewBackward0"
+
+    def infer(self, args, attrs):
+        x, shape = args[0], attrs["shape"]
+        if math.prod(shape) != math.prod(x.shape):
+            raise ValueError(f"shape '{list(shape)}' is invalid for input of size {math.prod(x.shape)}")
+        return shape, x.dtype
+
+    def eager(self, x, shape):
+        return np.reshape(x, shape)
+
+    def vjp(n, g):
+        return (g.reshape(n.args[0].shape),)
+
+
+@defop
+class Unsqueeze(Reshape):
+    name, grad_fn = "unsqueeze", "UnsqueezeBackward0"
+
+
+@defop
+class Squeeze(Reshape):
+    name, grad_fn = "squeeze", "SqueezeBackward0"
+
+
+@defop
+class Permute(View):
+    name, grad_fn = "permute", "PermuteBackward0"
+
+    def infer(self, args, attrs):
+        s = args[0].shape
+        return tuple(s[d] for d in attrs["dims"]), args[0].dtype
+
+    def eager(self, x, dims):
+        return np.transpose(x, dims)
+
+    def vjp(n, g):
+        return (g.permute(*np.argsort(n.attrs["dims"]).tolist()),)
+
+
+@defop
+class Transpose(Permute):
+    name, grad_fn = "transpose", "TransposeBackward0"
+
+
+@defop
+class T(Permute):
+    name, grad_fn = "t", "TBackward0"
+
+
+def _index_arrays(index: tuple, arrays: tuple) -> tuple:
+    """Put the runtime index arrays back into a static index tuple (slots marked 'T')."""
+    it = iter(arrays)
+    return tuple(next(it) if i == "T" else (slice(*i[1:]) if type(i) is tuple else i) for i in index)
+
+
+def index_kind(index: tuple) -> str:
+    if any(i == "T" for i in index):
+        return "IndexBackward0"
+    if all(type(i) is int for i in index):
+        return "SelectBackward0"
+    return "SliceBackward0"
+
+
+@defop
+class GetItem(View):
+    """x[index]; tensor indices are runtime inputs, the rest of the index is static."""
+
+    name, grad_fn = "getitem", "IndexBackward0"
+
+    def infer(self, args, attrs):
+        x = args[0]
+        dummy = np.broadcast_to(np.zeros((), np.int8), x.shape)
+        idx = [np.zeros(a.shape, a.dtype.np) if a.dtype is not bool_ else np.ones(a.shape, bool)
+               for a in args[1:]]
+        return dummy[_index_arrays(attrs["index"], idx)].shape, x.dtype
+
+    def eager(self, x, *idx, index):
+        return x[_index_arrays(index, idx)]
+
+    def vjp(n, g):
+        x, *idx = n.args
+        return (call("index_grad", g, *idx, shape=x.shape, index=n.attrs["index"]),) + (None,) * len(idx)
+
+
+@defop
+class IndexGrad(Op):
+    """The gradient of getitem: zeros of the source shape with g added at the index."""
+
+    name, grad_fn = "index_grad", "IndexBackward0"
+
+    def infer(self, args, attrs):
+        return attrs["shape"], args[0].dtype
+
+    def eager(self, g, *idx, shape, index):
+        out = np.zeros(shape, g.dtype)
+        np.add.at(out, _index_arrays(index, idx), g)
+        return out
+
+    def vjp(n, g):
+        _, *idx = n.args
+        return (call("getitem", g, *idx, index=n.attrs["index"]),) + (None,) * len(idx)
+
+
+@defop
+class IndexPut(Op):
+    """x with x[index] = v, out of place (autograd-aware item assignment)."""
+
+    name, grad_fn, needs_inputs = "index_put", "IndexPutBackward0", False
+
+    def infer(self, args, attrs):
+        return args[0].shape, args[0].dtype
+
+    def eager(self, x, v, *idx, index):
+        out = np.array(x, copy=True)
+        out[_index_arrays(index, idx)] = v
+        return out
+
+    def vjp(n, g):
+        x, v, *idx = n.args
+        gx = call("index_put", g, 0.0, *idx, index=n.attrs["index"]) if n.needs[0] else None
+        gv = call("getitem", g, *idx, index=n.attrs["index"]) if n.needs[1] else None
+        return (gx, gv) + (None,) * len(idx)
+
+
+# --------------------------------------------------------------------------- extern (BLAS etc.)
+@defop
+class Matmul(Op):
+    name, grad_fn = "matmul", "MmBackward0"
+
+    def infer(self, args, attrs):
+        a, b = args
+        sa, sb = a.shape, b.shape
+        if not sa or not sb:
+            raise ValueError("both arguments to matmul need to be at least 1D")
+        k1 = sa[-1]
+        k2 = sb[-2] if len(sb) > 1 else sb[0]
+        if k1 != k2:
+            raise ValueError(
+                f"mat1 and mat2 shapes cannot be multiplied ({'x'.join(map(str, sa))} and "
+                f"{'x'.join(map(str, sb))})"
+            )
+        batch = broadcast_shapes(sa[:-2], sb[:-2])
+        out = batch + (sa[-2],) * (len(sa) > 1) + (sb[-1],) * (len(sb) > 1)
+        return out, dtypes.promote((part(a), part(b)))
+
+    eager = staticmethod(np.matmul)
+
+    def vjp(n, g):
+        a, b = n.args
+        a2 = a.unsqueeze(0) if a.dim() == 1 else a
+        b2 = b.unsqueeze(-1) if b.dim() == 1 else b
+        if a.dim() == 1:
+            g = g.unsqueeze(-2)
+        if b.dim() == 1:
+            g = g.unsqueeze(-1)
+        ga = g @ b2.transpose(-1, -2) if n.needs[0] else None
+        gb = a2.transpose(-1, -2) @ g if n.needs[1] else None
+        if ga is not None and a.dim() == 1:
+            ga = ga.squeeze(-2)
+        if gb is not None and b.dim() == 1:
+            gb = gb.squeeze(-1)
+        return ga, gb
+
+
+@defop
+class Linear(Op):
+    """x @ w.T + b as ONE op, so a Linear layer records one node; the planner splits the bias
+    add off into the next fused loop."""
+
+    name, grad_fn = "linear", "AddmmBackward0"
+
+    def infer(self, args, attrs):
+        x, w = args[0], args[1]
+        if x.shape[-1:] != w.shape[1:]:
+            raise ValueError(
+                f"mat1 and mat2 shapes cannot be multiplied ({'x'.join(map(str, x.shape))} and "
+                f"{w.shape[1]}x{w.shape[0]})"
+            )
+        return x.shape[:-1] + (w.shape[0],), dtypes.promote(tuple(part(a) for a in args))
+
+    def eager(self, x, w, b=None):
+        out = np.matmul(x, w.T)
+        if b is not None:
+            out += b
+        return out
+
+    def vjp(n, g):
+        x, w = n.args[0], n.args[1]
+        g2 = g.reshape(-1, g.shape[-1]) if g.dim() != 2 else g
+        x2 = x.reshape(-1, x.shape[-1]) if x.dim() != 2 else x
+        gx = g @ w if n.needs[0] else None
+        gw = g2.t() @ x2 if n.needs[1] else None
+        gb = (g2.sum(0) if n.needs[2] else None) if len(n.args) == 3 else None
+        return (gx, gw, gb)[: len(n.args)]
+
+
+@defop
+class Cat(Op):
+    name, grad_fn, needs_inputs = "cat", "CatBackward0", False
+
+    def infer(self, args, attrs):
+        dim = attrs["dim"]
+        first = args[0].shape
+        for a in args[1:]:
+            if len(a.shape) != len(first) or any(
+                x != y for i, (x, y) in enumerate(zip(a.shape, first)) if i != dim
+            ):
+                raise ValueError(
+                    f"Sizes of tensors must match except in dimension {dim}. Got shapes "
+                    f"{[tuple(t.shape) for t in args]}"
+                )
+        shape = list(first)
+        shape[dim] = sum(a.shape[dim] for a in args)
+        return tuple(shape), dtypes.promote(tuple(part(a) for a in args))
+
+    def eager(self, *xs, dim):
+        return np.concatenate(xs, axis=dim)
+
+    def vjp(n, g):
+        dim, start, out = n.attrs["dim"], 0, []
+        for a in n.args:
+            size = a.shape[dim]
+            idx = (slice(None),) * dim + (slice(start, start + size),)
+            out.append(g[idx])
+            start += size
+        return tuple(out)
+
+
+# --------------------------------------------------------------------------- entry points
+def linear(x, weight, bias=None):
+    """x @ weight.T + bias as one recorded op (what nn.Linear calls)."""
+    if x.dtype is not weight.dtype or (bias is not None and bias.dtype is not x.dtype):
+        raise RuntimeError(
+            f"linear: expected input, weight and bias of one dtype, got {x.dtype.name}, "
+            f"{weight.dtype.name}{', ' + bias.dtype.name if bias is not None else ''}"
+        )
+    return call("linear", x, weight) if bias is None else call("linear", x, weight, bias)
+
+
+def gelu(x):
+    """Exact (erf) GELU, one elementwise op."""
+    return call("gelu", x)
+
+
+def erf(x):
+    return call("erf", x)
