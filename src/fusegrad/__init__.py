@@ -15,6 +15,7 @@ from .dtypes import double, float32, float64, int32, int64, long
 from .dtypes import dtype
 from .dtypes import float as float  # noqa: A001,PLC0414
 from .dtypes import int as int  # noqa: A001,PLC0414
+from .compiled import compile
 from .errors import CompileError, FusegradError, RecompileWarning, VerifyError
 from .tensor import (
     Generator, Parameter, Size, Tensor, arange, as_tensor, cat, concat, default_generator,

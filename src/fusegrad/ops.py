@@ -234,6 +234,21 @@ class PowScalar(Elementwise):
                 x = x.astype(np.float32)
             return np.power(x, exponent if not np.issubdtype(x.dtype, np.floating) else x.dtype.type(exponent))
 
+    @staticmethod
+    def lower(args, attrs, cast):
+        x, e = args[0], attrs["exponent"]
+        if e == 1:
+            return x
+        if e == 2:
+            return f"({x} * {x})"
+        if e == 3:
+            return f"({x} * {x} * {x})"
+        if e == 0.5:
+            return f"sqrt({x})"
+        if e == -1:
+            return f"({cast}(1) / {x})"
+        return f"({x} ** {cast}({e!r}))"
+
     def vjp(n, g):
         (x,) = n.args
         e = n.attrs["exponent"]
@@ -794,6 +809,20 @@ class Linear(Op):
         gw = g2.t() @ x2 if n.needs[1] else None
         gb = (g2.sum(0) if n.needs[2] else None) if len(n.args) == 3 else None
         return (gx, gw, gb)[: len(n.args)]
+
+
+@defop
+class MatmulT(Op):
+    """x @ w.T: the BLAS half of linear once the planner has split the bias add off."""
+
+    name, differentiable = "mm_t", False
+
+    def infer(self, args, attrs):
+        x, w = args
+        return x.shape[:-1] + (w.shape[0],), x.dtype
+
+    def eager(self, x, w):
+        return np.matmul(x, w.T)
 
 
 @defop

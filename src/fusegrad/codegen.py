@@ -1,0 +1,270 @@
+"""codegen: a plan's loop steps rendered as Numba @njit source, and the plan as a Python driver.
+
+A kernel's source depends only on its op structure, dtypes, rank and broadcast pattern: names
+are positional (x0 for the first input value, t3 for the third op in the loop), sizes are loop
+bounds passed at run time, so a new graph (another depth, another batch size) reuses every
+kernel it shares with earlier graphs. The driver is straight-line Python that binds buffers and
+calls kernels and BLAS in order; generating it avoids an interpreter loop per call.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import numpy as np
+
+from . import dtypes, ops
+from .fuse import Plan, Step
+
+PARALLEL_MIN = 1 << 17  # loops with fewer elements run on one core (thread wake-up costs more)
+_FN = re.compile(r"\b(exp|log|tanh|sigmoid|erf|gelu|sqrt|sin|cos|sign)\(")
+_CAST = {"float32": "np.float32", "float64": "np.float64", "int64": "np.int64", "int32": "np.int32", "bool": "bool"}
+
+
+def _suffix(d: dtypes.dtype) -> str:
+    return {"float32": "_f32", "float64": "_f64"}.get(d.name, "_i")
+
+
+def _scalar_dtype(node) -> dtypes.dtype:
+    return {"bool": dtypes.bool_, "int": dtypes.int64}.get(node.attrs["type"], dtypes.float32)
+
+
+def _part(node) -> tuple:
+    if node.op == "scalar":
+        return (_scalar_dtype(node), 0)
+    return (node.dtype, 2 if node.shape else 1)
+
+
+def loop_shape(step: Step) -> tuple:
+    return step.shape if step.shape else (1,)
+
+
+def padded(shape: tuple, rank: int) -> tuple:
+    shape = tuple(shape) if shape else ()
+    return (1,) * (rank - len(shape)) + shape
+
+
+def _index(shape: tuple, loop: tuple, reduced: tuple = ()) -> str:
+    """The index expression of an array of `shape` (already padded) inside the loop nest."""
+    idx = [
+        "0" if (d in reduced or shape[d] == 1 or loop[d] == 1) else f"i{d}"
+        for d in range(len(loop))
+    ]
+    return ", ".join(idx) + ("," if len(idx) == 1 else "")
+
+
+def kernel_source(step: Step) -> tuple[str, str]:
+    """(header comment, body) of a loop step's kernel; the body names the function KNAME."""
+    loop = loop_shape(step)
+    r = len(loop)
+    arrays = [n for n in step.inputs if n.op != "scalar"]
+    scalars = [n for n in step.inputs if n.op == "scalar"]
+    outs = step.outputs
+    red_ids = {n.id for n in step.reductions}
+    R = tuple(step.reduce_dims) if step.reductions else ()
+    if not step.shape and step.reductions:
+        R = (0,)
+    suffix = R == tuple(range(r - len(R), r))
+    kept = r - len(R) if suffix else 0
+
+    name = {}
+    for k, n in enumerate(arrays):
+        name[n.id] = f"x{k}"
+    for k, n in enumerate(scalars):
+        name[n.id] = f"s{k}"
+    for j, n in enumerate(step.nodes):
+        name[n.id] = f"t{j}"
+    oname = {n.id: f"o{k}" for k, n in enumerate(outs)}
+
+    numel = math.prod(loop)
+    sums_only = all(n.op.lower in ("sum", "mean") for n in step.reductions)
+    parallel = numel >= PARALLEL_MIN and (
+        not step.reductions or (suffix and (kept > 0 or sums_only))
+    )
+
+    body = []
+    # loads of inputs, then the op chain, in the innermost loop
+    inner = []
+    for k, n in enumerate(arrays):
+        inner.append(f"x{k} = a{k}[{_index(padded(n.shape, r), loop)}]")
+    for n in step.nodes:
+        if n.id in red_ids:
+            continue
+        inner.append(f"{name[n.id]} = {_expr(n, name)}")
+    for n in outs:
+        if n.id not in red_ids:
+            inner.append(f"{oname[n.id]}[{_index(padded(n.shape, r), loop)}] = {name[n.id]}")
+    acc_init, acc_fin = [], []
+    for k, n in enumerate(step.reductions):
+        src = name[n.ins[0].id]
+        kind = n.op.lower
+        out_idx = _index(padded(n.ins[0].shape, r), loop, R)
+        if suffix:
+            init, nxt = _acc(kind, n.ins[0].dtype, f"acc{k}", src)
+            acc_init.append(f"acc{k} = {init}")
+            inner.append(f"acc{k} = {nxt}")
+            fin = f"acc{k}"
+            if kind == "mean":
+                count = " * ".join(f"n{d}" for d in R)
+                fin = f"acc{k} / ({count})"
+            acc_fin.append(f"{oname[n.id]}[{out_idx}] = {_CAST[n.dtype.name]}({fin})")
+        else:  # accumulate in the (pre-filled) output; the driver divides for mean
+            o = f"{oname[n.id]}[{out_idx}]"
+            _, nxt = _acc(kind, n.ins[0].dtype, o, src)
+            inner.append(f"{o} = {_CAST[n.dtype.name]}({nxt})")
+
+    def loop_line(d, par):
+        rng = "prange" if par else "range"
+        return f"for i{d} in {rng}(n{d}):"
+
+    indent = "    "
+    level = 1
+    if suffix:
+        for d in range(kept):
+            body.append(indent * level + loop_line(d, parallel and d == 0))
+            level += 1
+        body += [indent * level + line for line in acc_init]
+        for d in range(kept, r):
+            body.append(indent * level + loop_line(d, parallel and d == 0 and kept == 0))
+            level += 1
+        body += [indent * level + line for line in inner]
+        level = 1 + kept
+        body += [indent * level + line for line in acc_fin]
+    else:
+        for d in range(r):
+            body.append(indent * level + loop_line(d, parallel and d == 0 and not step.reductions))
+            level += 1
+        body += [indent * level + line for line in inner]
+
+    params = [f"n{d}" for d in range(r)] + [f"a{k}" for k in range(len(arrays))]
+    params += [f"s{k}" for k in range(len(scalars))] + [f"o{k}" for k in range(len(outs))]
+    deco = f"@njit(cache=True, fastmath=False, error_model='numpy', parallel={parallel})"
+    src = f"{deco}\ndef KNAME({', '.join(params)}):\n" + "\n".join(body) + "\n"
+    chain = " -> ".join(n.name for n in step.nodes)
+    return f"# ops: {chain}\n", src
+
+
+def _acc(kind: str, d: dtypes.dtype, acc: str, v: str) -> tuple[str, str]:
+    """(initial value, next value) of an accumulator named acc."""
+    wide = "np.float64" if d.is_floating_point else "np.int64"
+    if kind in ("sum", "mean"):
+        return f"{wide}(0)", f"{acc} + {wide}({v})"
+    if kind == "max":
+        return ("-np.inf" if d.is_floating_point else "np.iinfo(np.int64).min"), f"max({acc}, {v})"
+    if kind == "min":
+        return ("np.inf" if d.is_floating_point else "np.iinfo(np.int64).max"), f"min({acc}, {v})"
+    if kind == "all":
+        return "True", f"{acc} and bool({v})"
+    return "False", f"{acc} or bool({v})"
+
+
+def reduction_fill(kind: str, d: dtypes.dtype):
+    """Initial value of a reduction accumulated in its output array."""
+    return {"sum": 0, "mean": 0, "max": -np.inf if d.is_floating_point else np.iinfo(d.np).min,
+            "min": np.inf if d.is_floating_point else np.iinfo(d.np).max, "all": True, "any": False}[kind]
+
+
+def _expr(n, name: dict) -> str:
+    """The scalar expression of an elementwise node over its inputs' local names."""
+    op = n.op
+    cd, _ = op.result_dtype(tuple(_part(i) for i in n.ins))
+    args = []
+    for i in n.ins:
+        a = name[i.id]
+        idt = _scalar_dtype(i) if i.op == "scalar" else i.dtype
+        if cd is not None and (i.op == "scalar" or idt is not cd):
+            a = f"{_CAST[cd.name]}({a})"
+        args.append(a)
+    cast = _CAST[(cd or n.dtype).name]
+    if callable(op.lower):
+        e = op.lower(args, n.attrs, cast)
+    else:
+        e = op.lower.format(*args)
+    e = _FN.sub(lambda m: m.group(1) + _suffix(cd or n.dtype) + "(", e)
+    return f"{_CAST[n.dtype.name]}({e})"
+
+
+# --------------------------------------------------------------------------- driver
+def driver_source(plan: Plan, kernels: dict, layout: dict) -> tuple[str, dict]:
+    """Python source of run(A, S, B) -> outputs, and the names it needs.
+
+    ``kernels`` maps step index -> kernel name; ``layout`` maps node id -> buffer slot in B
+    (absent: allocate fresh each call, because the array leaves to the caller).
+    """
+    g = plan.graph
+    env: dict = {"np": np}
+    lines = ["def run(A, S, B):"]
+    leaving = set(plan.outputs)
+    for n in plan.nodes:
+        if n.op == "input":
+            lines.append(f"    v{n.id} = A[{n.attrs['k']}]")
+        elif n.op == "scalar":
+            lines.append(f"    v{n.id} = S[{n.attrs['k']}]")
+
+    def buf(n) -> str:
+        if n.id in layout:
+            return f"B[{layout[n.id]}]"
+        return f"np.empty({tuple(n.shape)!r}, np.{n.dtype.np.name})"
+
+    for s in plan.steps:
+        if s.kind == "loop":
+            loop = loop_shape(s)
+            r = len(loop)
+            args = [str(x) for x in loop]
+            for n in s.inputs:
+                if n.op == "scalar":
+                    continue
+                p = padded(n.shape, r)
+                args.append(f"v{n.id}" if tuple(n.shape) == p else f"v{n.id}.reshape({p!r})")
+            args += [f"v{n.id}" for n in s.inputs if n.op == "scalar"]
+            red = {n.id for n in s.reductions}
+            R = s.reduce_dims if s.reductions else ()
+            if not s.shape and s.reductions:
+                R = (0,)
+            suffix = tuple(R) == tuple(range(r - len(R), r))
+            for n in s.outputs:
+                lines.append(f"    v{n.id} = {buf(n)}")
+                if n.id in red:
+                    p = padded(n.ins[0].shape, r)
+                    p = tuple(1 if d in R else x for d, x in enumerate(p))
+                    if not suffix:
+                        lines.append(f"    v{n.id}.fill({reduction_fill(n.op.lower, n.dtype)!r})")
+                else:
+                    p = padded(n.shape, r)
+                args.append(f"v{n.id}" if tuple(n.shape) == p else f"v{n.id}.reshape({p!r})")
+            lines.append(f"    {kernels[s.index]}({', '.join(args)})  # {' -> '.join(x.name for x in s.nodes)}")
+            for n in s.reductions:
+                if not suffix and n.op.lower == "mean":
+                    count = math.prod(n.ins[0].shape[d] for d in R)
+                    lines.append(f"    np.divide(v{n.id}, {count}, out=v{n.id})")
+        else:
+            (n,) = s.nodes
+            ins = ", ".join(f"v{i.id}" for i in n.ins)
+            if n.op.name == "mm_t" and len(n.shape) == 2:
+                x, w = n.ins
+                lines.append(f"    v{n.id} = np.matmul(v{x.id}, v{w.id}.T, out={buf(n)})")
+            elif n.op.name == "matmul" and len(n.shape) == 2 and all(len(i.shape) == 2 for i in n.ins):
+                lines.append(f"    v{n.id} = np.matmul({ins}, out={buf(n)})")
+            else:
+                fname = f"X{s.index}"
+                env[fname] = _extern(n.op, n.attrs, n.dtype)
+                copy = ".copy()" if n.id in leaving and n.op.kind == "view" else ""
+                lines.append(f"    v{n.id} = {fname}({ins}){copy}  # {n.name}")
+    for dst, src in plan.mutations:
+        lines.append(f"    np.copyto(v{dst}, v{src})")
+    lines.append(f"    return [{', '.join(f'v{i}' for i in plan.outputs)}]")
+    return "\n".join(lines) + "\n", env
+
+
+def _extern(op: ops.Op, attrs: dict, dtype: dtypes.dtype):
+    """An extern op's eager kernel with the node's dtype enforced (numpy may widen)."""
+    want = dtype.np
+
+    def call(*arrays):
+        r = op.eager(*arrays, **attrs)
+        if type(r) is not np.ndarray:
+            r = np.asarray(r)
+        return r if r.dtype == want else r.astype(want)
+
+    return call

@@ -1,0 +1,193 @@
+"""fuse: the fusion planner, graph -> plan of steps.
+
+A step is either a fused loop (elementwise ops over one iteration shape, plus reductions of
+values computed in that loop) or an extern call (a BLAS matmul, a view, a gather). The rules:
+
+- Linear is split into a BLAS matmul (x @ w.T) and a bias add, so the add and whatever
+  activation follows run in the next fused loop (the matmul's "epilogue").
+- An elementwise op joins the loop of one of its producers when it has the loop's shape and all
+  its other inputs are ready before that loop starts; otherwise it opens a new loop.
+- A reduction joins the loop that computes its input (MSE's (pred - y)**2 then sum is one
+  pass); all reductions in one loop reduce over the same dims. A value reduced in a loop cannot
+  be consumed in that same loop (layer norm's x - mean is a second pass).
+- Values nobody reads are never computed (dead-code elimination from the outputs).
+
+Every boundary records why it exists, for ``FUSEGRAD_DEBUG=2`` and ``explain()``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from . import ops
+from .trace import Graph, Node
+
+LOOP_REDUCTIONS = {"sum", "mean", "max", "min", "all", "any"}
+
+
+@dataclass
+class Step:
+    kind: str  # "loop" | "extern"
+    index: int
+    shape: tuple = ()
+    nodes: list = field(default_factory=list)  # nodes computed here, in order
+    reduce_dims: tuple | None = None  # dims reduced by this loop's reductions
+    reductions: list = field(default_factory=list)
+    inputs: list = field(default_factory=list)  # nodes read from outside (arrays and scalars)
+    outputs: list = field(default_factory=list)  # nodes materialized for later steps/caller
+    why: str = ""  # why this step does not join the previous one
+
+    def ids(self) -> set:
+        return {n.id for n in self.nodes}
+
+
+@dataclass
+class Plan:
+    graph: Graph
+    nodes: list  # nodes after rewriting (linear split), dead ones removed
+    steps: list
+    outputs: list  # node ids returned to the caller
+    mutations: list  # (input node id, value node id)
+
+    def describe(self) -> str:
+        """Fusion groups and the reason each boundary exists (FUSEGRAD_DEBUG=2)."""
+        lines = []
+        for s in self.steps:
+            names = " -> ".join(n.name for n in s.nodes)
+            if s.kind == "loop":
+                red = f" reduce dims={s.reduce_dims}" if s.reductions else ""
+                head = f"loop {list(s.shape)}{red}"
+            else:
+                head = "extern"
+            outs = ", ".join(f"%{n.id}" for n in s.outputs)
+            lines.append(f"  step {s.index}: {head}: {names}  => [{outs}]  ({s.why})")
+        return "\n".join(lines)
+
+    def kernel_count(self) -> int:
+        return sum(1 for s in self.steps if s.kind == "loop")
+
+
+def _split_linear(nodes: list) -> list:
+    """Rewrite linear(x, w, b) into mm_t(x, w) followed by add(mm, b)."""
+    out, remap = [], {}
+    next_id = max((n.id for n in nodes), default=-1) + 1
+    for n in nodes:
+        ins = tuple(remap.get(i.id, i) for i in n.ins)
+        if n.op != "input" and n.op != "scalar" and n.op.name == "linear":
+            mm = Node(ops.REGISTRY["mm_t"], ins[:2], {}, n.shape, n.dtype, next_id, n.site)
+            next_id += 1
+            out.append(mm)
+            if len(ins) == 3:
+                add = Node(ops.REGISTRY["add"], (mm, ins[2]), {}, n.shape, n.dtype, n.id, n.site)
+                add.shadow = n.shadow
+                out.append(add)
+                remap[n.id] = add
+            else:
+                mm.id = n.id
+                remap[n.id] = mm
+            continue
+        if ins != n.ins:
+            shadow = n.shadow
+            n = Node(n.op, ins, n.attrs, n.shape, n.dtype, n.id, n.site)
+            n.shadow = shadow
+            remap[n.id] = n
+        out.append(n)
+    return out
+
+
+def _live(nodes: list, roots: set) -> list:
+    """The nodes some root depends on, in program order."""
+    need = set(roots)
+    for n in reversed(nodes):
+        if n.id in need:
+            need.update(i.id for i in n.ins)
+    return [n for n in nodes if n.id in need]
+
+
+def plan(graph: Graph) -> Plan:
+    roots = set(graph.outputs) | {v for _, v in graph.mutations} | {d for d, _ in graph.mutations}
+    nodes = _live(_split_linear(graph.nodes), roots)
+    steps: list[Step] = []
+    step_of: dict[int, Step] = {}
+    reduced: set[int] = set()
+
+    def ready(n: Node, s: Step) -> bool:
+        """All inputs of n are computed in s (and not reduced there) or before s starts."""
+        for i in n.ins:
+            if i.op in ("input", "scalar"):
+                continue
+            si = step_of[i.id]
+            if si is s:
+                if i.id in reduced:
+                    return False
+            elif si.index >= s.index:
+                return False
+        return True
+
+    def new_step(kind, shape, why) -> Step:
+        s = Step(kind, len(steps), shape=shape, why=why)
+        steps.append(s)
+        return s
+
+    for n in nodes:
+        if n.op in ("input", "scalar"):
+            continue
+        kind = n.op.kind
+        target, why = None, ""
+        if kind == "elementwise":
+            for i in n.ins:
+                s = step_of.get(i.id)
+                if s is None or s.kind != "loop":
+                    continue
+                if s.shape != n.shape:
+                    why = f"not fused: shape {list(n.shape)} differs from producer loop {list(s.shape)}"
+                elif not ready(n, s):
+                    why = "not fused: an input is computed after that loop (or reduced in it)"
+                elif target is None or s.index > target.index:
+                    target = s
+            if target is None:
+                target = new_step("loop", n.shape, why or "starts at an extern result or input")
+        elif kind == "reduce" and n.op.lower in LOOP_REDUCTIONS:
+            x = n.ins[0]
+            s = step_of.get(x.id)
+            dims = n.attrs["dims"] if n.attrs["dims"] is not None else tuple(range(len(x.shape)))
+            if s is not None and s.kind == "loop":
+                if s.shape != x.shape:
+                    why = "not fused: input loop has another shape"
+                elif s.reduce_dims is not None and s.reduce_dims != dims:
+                    why = "not fused: reduction over another axis"
+                elif not ready(n, s):
+                    why = "not fused: input not ready in that loop"
+                else:
+                    target = s
+            if target is None:
+                target = new_step("loop", x.shape, why or "reduces an extern result or input")
+            target.reduce_dims = dims
+            target.reductions.append(n)
+            reduced.add(n.id)
+        else:
+            target = new_step("extern", n.shape, f"{n.name} is an extern op ({kind})")
+        target.nodes.append(n)
+        step_of[n.id] = target
+
+    _wire(steps, step_of, nodes, set(graph.outputs) | {v for _, v in graph.mutations})
+    return Plan(graph, nodes, steps, list(graph.outputs), list(graph.mutations))
+
+
+def _wire(steps, step_of, nodes, leaving: set):
+    """Fill each step's external inputs and the outputs it must materialize."""
+    used_outside: set[int] = set()
+    for s in steps:
+        ids = s.ids()
+        seen = set()
+        for n in s.nodes:
+            for i in n.ins:
+                if i.id not in ids and i.id not in seen:
+                    seen.add(i.id)
+                    s.inputs.append(i)
+                    used_outside.add(i.id)
+    for s in steps:
+        s.outputs = [
+            n for n in s.nodes
+            if n.id in used_outside or n.id in leaving or n in s.reductions or s.kind == "extern"
+        ]

@@ -1,0 +1,125 @@
+"""runtime: a plan made executable (kernels bound, buffers allocated once) and run.
+
+Buffers for values that stay inside the plan are allocated when the plan is built and reused
+on every call, so a cached step allocates nothing but the arrays it hands back (the loss, new
+``.grad`` tensors). Kernels compile on the plan's first run; that run counts as compile time.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+
+import numpy as np
+
+from . import codegen, tensor as T
+from .cache import KERNELS
+from .errors import CompileError
+from .fuse import Plan
+
+log = logging.getLogger("fusegrad.progress")
+if not log.handlers:
+    _h = logging.StreamHandler(sys.stderr)
+    _h.terminator = "\r" if sys.stderr.isatty() else "\n"
+    log.addHandler(_h)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+
+
+class Executable:
+    """One compiled graph: its plan, kernels, buffers and generated driver."""
+
+    def __init__(self, plan: Plan, stats, verify: bool = False):
+        self.plan = plan
+        self.stats = stats
+        self.kernels = {}  # step index -> (dispatcher, name, path, step)
+        self.sources = []
+        names = {}
+        for s in plan.steps:
+            if s.kind == "loop":
+                header, body = codegen.kernel_source(s)
+                disp, name, path = KERNELS.get(header, body)
+                self.kernels[s.index] = (disp, name, path, s)
+                names[s.index] = name
+                self.sources.append((name, path, body.replace("KNAME", name)))
+        leaving = set(plan.outputs)
+        self.layout, self.B = {}, []
+        for s in plan.steps:
+            for n in s.outputs:
+                blas = s.kind == "extern" and n.op.name in ("mm_t", "matmul")
+                if n.id not in leaving and (s.kind == "loop" or blas):
+                    self.layout[n.id] = len(self.B)
+                    self.B.append(np.empty(n.shape, n.dtype.np))
+        src, env = codegen.driver_source(plan, names, self.layout)
+        if verify:
+            src = src.replace("    return [", "    return locals(), [")
+        self.driver_src = src
+        self.env = env
+        for idx, (disp, name, path, s) in self.kernels.items():
+            env[name] = _FirstCall(self, disp, name, path, s)
+        exec(compile(src, f"<fusegrad driver {id(self):x}>", "exec"), env)
+        self.fn = env["run"]
+        self.first = True
+        self.compiled_now = 0
+
+    def run(self, arrays: list, scalars: list):
+        if not self.first:
+            return self.fn(arrays, scalars, self.B)
+        t0 = time.perf_counter()
+        self.t0 = t0
+        try:
+            out = self.fn(arrays, scalars, self.B)
+        finally:
+            for disp, name, _, _ in self.kernels.values():
+                self.env[name] = disp
+            self.first = False
+        self.stats.compile_seconds += time.perf_counter() - t0
+        return out
+
+
+class _FirstCall:
+    """Wraps a kernel for the plan's first run: compile accounting, progress, clear errors."""
+
+    def __init__(self, ex: Executable, disp, name, path, step):
+        self.ex, self.disp, self.name, self.path, self.step = ex, disp, name, path, step
+
+    def __call__(self, *args):
+        disp, stats = self.disp, self.ex.stats
+        before = len(disp.signatures)
+        hits = sum(disp.stats.cache_hits.values())
+        try:
+            disp(*args)
+        except Exception as e:
+            if "numba" not in type(e).__module__:
+                raise
+            shapes = ", ".join(f"{n.name}{list(n.shape)}" for n in self.step.nodes)
+            raise CompileError(
+                f"Numba could not compile kernel {self.name} (ops: {shapes}); generated source: "
+                f"{self.path}\n{type(e).__name__}: {str(e)[:2000]}"
+            ) from None
+        if len(disp.signatures) > before and sum(disp.stats.cache_hits.values()) == hits:
+            stats.kernels_compiled += 1
+            self.ex.compiled_now += 1
+            elapsed = time.perf_counter() - self.ex.t0
+            if elapsed > 1.0:
+                total = len(self.ex.kernels)
+                log.info("fusegrad: compiled %d kernels (of %d in this graph) in %.1fs",
+                         self.ex.compiled_now, total, elapsed)
+        else:
+            stats.kernel_hits += 1
+
+
+def interpret(graph, arrays: list, scalars: list) -> list:
+    """Run a graph op by op with the eager kernels (fallback="eager", and reference runs)."""
+    env = {}
+    for n in graph.nodes:
+        if n.op == "input":
+            env[n.id] = T._wrap(arrays[n.attrs["k"]])
+        elif n.op == "scalar":
+            env[n.id] = scalars[n.attrs["k"]]
+        else:
+            env[n.id] = T._eager(n.op, tuple(env[i.id] for i in n.ins), n.attrs)
+    for dst, src in graph.mutations:
+        np.copyto(env[dst]._s.v, env[src]._s.v)
+    return [env[i]._s.v for i in graph.outputs]
