@@ -121,6 +121,10 @@ def test_repr_matches_torch():
             tnn.ModuleList([tnn.ReLU(), tnn.ReLU(), tnn.Tanh()]),
         ),
         (nn.Sequential(), tnn.Sequential()),
+        (
+            nn.ModuleDict({"a": nn.Linear(2, 2), "b": nn.Tanh()}),
+            tnn.ModuleDict({"a": tnn.Linear(2, 2), "b": tnn.Tanh()}),
+        ),
     ]:
         assert repr(fm) == repr(tm)
     assert repr(nn.Linear(2, 2).weight).startswith("Parameter containing:")
@@ -194,6 +198,29 @@ def test_sequential_container_ops():
     x = fusegrad.randn(4, 3)
     out = s(x)
     assert tuple(out.shape) == (4, 1)
+
+
+def test_module_dict_and_list():
+    d = nn.ModuleDict({"enc": nn.Linear(2, 3), "act": nn.ReLU()})
+    d["dec"] = nn.Linear(3, 1)
+    assert list(d) == ["enc", "act", "dec"] and "act" in d and len(d) == 3
+    assert [n for n, _ in d.named_parameters()] == [
+        "enc.weight",
+        "enc.bias",
+        "dec.weight",
+        "dec.bias",
+    ]
+    ml = nn.ModuleList([nn.Linear(2, 2) for _ in range(3)])
+    assert len(ml) == 3 and ml[-1] is ml[2]
+    assert len(list(ml.parameters())) == 6
+
+
+def test_one_hot_vs_torch():
+    t = np.array([[0, 2], [1, 3]], dtype=np.int64)
+    np.testing.assert_array_equal(npy(F.one_hot(fg(t))), TF.one_hot(th(t)).numpy())
+    out = F.one_hot(fg(t), 5)
+    assert out.dtype == fusegrad.int64
+    np.testing.assert_array_equal(npy(out), TF.one_hot(th(t), 5).numpy())
 
 
 def test_train_eval_propagate():
@@ -387,6 +414,8 @@ def test_linear_wrong_feature_size_message():
     msg = str(ei.value)
     assert "Linear(in_features=1000, out_features=100)" in msg
     assert "(64, 999)" in msg and "1000" in msg
+    assert "test_nn.py:" in msg  # the user's source line
+    assert "AddmmBackward0" in repr(lin(fusegrad.zeros(2, 1000)).grad_fn)
 
 
 # ----------------------------------------------------------------------------- functional
@@ -647,6 +676,7 @@ def test_cross_entropy_target_errors():
         F.cross_entropy(x, fusegrad.zeros(3))  # float target with class-index shape
     msg = str(ei.value)
     assert "float32" in msg and "[3, 4]" in msg and "[3]" in msg
+    assert "test_nn.py:" in msg
     with pytest.raises(RuntimeError, match="batch_size"):
         F.cross_entropy(x, fusegrad.tensor([0, 1]))
     with pytest.raises(RuntimeError, match="floating point"):

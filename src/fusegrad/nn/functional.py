@@ -14,6 +14,7 @@ import warnings
 from collections.abc import Sequence
 
 import fusegrad
+from fusegrad.errors import user_line
 from fusegrad.tensor import Tensor
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "l1_loss",
     "nll_loss",
     "cross_entropy",
+    "one_hot",
 ]
 
 
@@ -89,10 +91,7 @@ def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
 
 
 def relu(input: Tensor, inplace: bool = False) -> Tensor:
-    out = input.relu()
-    if inplace:
-        return input.copy_(out)
-    return out
+    return input.relu_() if inplace else input.relu()
 
 
 def gelu(input: Tensor, approximate: str = "none") -> Tensor:
@@ -191,7 +190,7 @@ def layer_norm(
         raise RuntimeError(
             f"layer_norm: given normalized_shape={list(normalized_shape)}, expected input with "
             f"shape [*, {', '.join(str(s) for s in normalized_shape)}], but got input of "
-            f"size {list(shape)}"
+            f"size {list(shape)} (at {user_line()})"
         )
     dims = tuple(range(-k, 0))
     mean = input.mean(dims, keepdim=True)
@@ -295,19 +294,20 @@ def _index_target_weights(
         raise RuntimeError(
             f"{op}: expected target of class indices with dtype fusegrad.int64 but found "
             f"{tdt} (input shape {list(input.shape)}, target shape {list(target.shape)}); "
-            "float targets are read as class probabilities only when they have the input's shape"
+            "float targets are read as class probabilities only when they have the input's "
+            f"shape (at {user_line()})"
         )
     expected = _shape(input)[:class_dim] + _shape(input)[class_dim + 1 :]
     if input.dim() > 1 and target.dim() >= 1 and target.shape[0] != input.shape[0]:
         raise RuntimeError(
             f"{op}: Expected input batch_size ({input.shape[0]}) to match target batch_size "
             f"({target.shape[0]}) (input shape {list(input.shape)}, target shape "
-            f"{list(target.shape)})."
+            f"{list(target.shape)}) (at {user_line()})."
         )
     if _shape(target) != expected:
         raise RuntimeError(
             f"{op}: expected target of shape {list(expected)} for input of shape "
-            f"{list(input.shape)}, got target of shape {list(target.shape)}"
+            f"{list(input.shape)}, got target of shape {list(target.shape)} (at {user_line()})"
         )
     _check_class_weight(weight, n_classes, op)
     tgt = target.unsqueeze(class_dim)
@@ -369,7 +369,7 @@ def cross_entropy(
             raise RuntimeError(
                 "cross_entropy: expected floating point type for target with class "
                 f"probabilities, got {target.dtype} (input shape {list(input.shape)}, "
-                f"target shape {list(target.shape)})"
+                f"target shape {list(target.shape)}) (at {user_line()})"
             )
         if ignore_index >= 0:
             raise RuntimeError("ignore_index is not supported for floating point target")
@@ -402,3 +402,19 @@ def cross_entropy(
     else:
         ret = smooth.sum() / w.sum()
     return nll * (1.0 - label_smoothing) + ret * (label_smoothing / n_classes)
+
+
+def one_hot(tensor: Tensor, num_classes: int = -1) -> Tensor:
+    """int64 one-hot encoding along a new last dim, as ``arange(C) == tensor.unsqueeze(-1)``.
+
+    ``num_classes=-1`` reads ``tensor.max()``, a value: under ``fusegrad.compile`` that is a
+    realization point (graph break); pass ``num_classes`` to keep the step in one graph.
+    """
+    if tensor.dtype.is_floating_point or tensor.dtype.name == "bool":
+        raise RuntimeError(
+            f"one_hot is only applicable to index tensor of type LongTensor, got {tensor.dtype} "
+            f"(at {user_line()})"
+        )
+    if num_classes == -1:
+        num_classes = int(tensor.max().item()) + 1 if tensor.numel() > 0 else 0
+    return (tensor.unsqueeze(-1) == fusegrad.arange(num_classes)).long()

@@ -15,6 +15,7 @@ from typing import Any
 
 import fusegrad
 from fusegrad.dtypes import dtype as _dtype
+from fusegrad.errors import op_error
 from fusegrad.tensor import Parameter, Tensor
 
 from . import functional as F
@@ -24,6 +25,7 @@ __all__ = [
     "Module",
     "Sequential",
     "ModuleList",
+    "ModuleDict",
     "Identity",
     "Linear",
     "ReLU",
@@ -719,6 +721,55 @@ class ModuleList(Module):
         return self._get_name() + "(\n  " + "\n  ".join(lines) + "\n)"
 
 
+class ModuleDict(Module):
+    """Modules registered under string keys, in insertion order."""
+
+    def __init__(self, modules: Mapping[str, Module] | None = None) -> None:
+        super().__init__()
+        if modules is not None:
+            self.update(modules)
+
+    def __getitem__(self, key: str) -> Module:
+        return self._modules[key]
+
+    def __setitem__(self, key: str, module: Module) -> None:
+        self.add_module(key, module)
+
+    def __delitem__(self, key: str) -> None:
+        del self._modules[key]
+
+    def __len__(self) -> int:
+        return len(self._modules)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._modules)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._modules
+
+    def keys(self):
+        return self._modules.keys()
+
+    def items(self):
+        return self._modules.items()
+
+    def values(self):
+        return self._modules.values()
+
+    def pop(self, key: str) -> Module:
+        v = self[key]
+        del self[key]
+        return v
+
+    def clear(self) -> None:
+        self._modules.clear()
+
+    def update(self, modules) -> None:
+        pairs = modules.items() if isinstance(modules, Mapping) else modules
+        for key, module in pairs:
+            self[key] = module
+
+
 # ============================================================================ layers
 class Identity(Module):
     def __init__(self, *args, **kwargs) -> None:
@@ -755,9 +806,9 @@ class Linear(Module):
     def forward(self, input: Tensor) -> Tensor:
         shape = tuple(input.shape)
         if len(shape) == 0 or shape[-1] != self.in_features:
-            raise RuntimeError(
-                f"Linear(in_features={self.in_features}, out_features={self.out_features}): "
-                f"input has shape {shape}, expected last dim {self.in_features}"
+            raise op_error(
+                f"Linear(in_features={self.in_features}, out_features={self.out_features})",
+                f"input has shape {shape}, expected last dim {self.in_features}",
             )
         return F.linear(input, self.weight, self.bias)
 
