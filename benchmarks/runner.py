@@ -1,0 +1,341 @@
+"""Runs the suite: machine limits, then one worker process per (workload, contender), then the
+correctness check and the ratios.
+
+The parent imports only numpy: every contender runs in its own process (see ``worker.py``)
+one after the other, never two at once, so no contender's threads run while another is timed.
+
+Time to first step for the compilers is measured cold: ``fusegrad compiled`` runs with a fresh
+temporary ``FUSEGRAD_CACHE_DIR`` and then once more in a second process on the same folder
+(warm cache: kernels load from disk); ``torch.compile`` gets a fresh ``TORCHINDUCTOR_CACHE_DIR``;
+JAX has no persistent cache unless configured.  ``--quick`` keeps the default cache folders and
+skips the warm-cache process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import queue
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import deque
+from importlib import metadata
+from pathlib import Path
+
+from .contenders import CONTENDERS, REFERENCE_ORDER, installed
+from .limits import lower_bound_s, measure_limits
+from .progress import PlainProgress
+from .worker import PREFIX
+from .workloads import WORKLOADS, Schedule
+
+REPO = Path(__file__).resolve().parent.parent
+RTOL, ATOL = 1e-3, 1e-6
+VERSIONED = (
+    "numpy",
+    "numba",
+    "llvmlite",
+    "scipy",
+    "fusegrad",
+    "torch",
+    "jax",
+    "jaxlib",
+    "rich",
+    "matplotlib",
+    "psutil",
+)
+
+
+def versions() -> dict:
+    out = {"python": platform.python_version()}
+    for name in VERSIONED:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def machine_info() -> dict:
+    info = {
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu": platform.processor() or None,
+        "cores": os.cpu_count(),
+        "load_average_at_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        "env": {
+            k: os.environ[k]
+            for k in (
+                "OMP_NUM_THREADS",
+                "OPENBLAS_NUM_THREADS",
+                "MKL_NUM_THREADS",
+                "NUMBA_NUM_THREADS",
+            )
+            if k in os.environ
+        },
+        "threads": f"torch.set_num_threads({os.cpu_count()}) in torch workers; "
+        "JAX_PLATFORMS=cpu for --device cpu; numpy/numba use their defaults",
+    }
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")]
+        info["cpu"] = names[0] if names else info["cpu"]
+        with open("/proc/meminfo") as f:
+            info["memory_gib"] = round(int(f.readline().split()[1]) / 2**20, 1)
+    except OSError:
+        pass
+    try:
+        from threadpoolctl import threadpool_info
+
+        info["threadpools"] = [
+            {k: p.get(k) for k in ("internal_api", "num_threads", "version")}
+            for p in threadpool_info()
+        ]
+    except ImportError:
+        pass
+    return info
+
+
+def worker_env(device: str, extra: dict[str, str]) -> dict[str, str]:
+    env = dict(os.environ)
+    paths = [str(REPO)]
+    if (REPO / "src" / "fusegrad" / "__init__.py").exists():
+        paths.append(str(REPO / "src"))  # the checkout's fusegrad, installed or not
+    if env.get("PYTHONPATH"):
+        paths.append(env["PYTHONPATH"])
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    if device == "cpu":
+        env["JAX_PLATFORMS"] = "cpu"
+    env.update(extra)
+    return env
+
+
+def run_worker(spec: dict, env: dict, timeout: float, on_event) -> dict:
+    """Run ``benchmarks.worker`` with ``spec``; relay its events; return its result."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.worker", json.dumps(spec)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        bufsize=1,
+    )
+    lines: queue.Queue = queue.Queue()
+
+    def pump():
+        for line in proc.stdout:
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=pump, daemon=True).start()
+    deadline = time.monotonic() + timeout
+    log: deque[str] = deque(maxlen=30)
+    result = None
+    while True:
+        try:
+            line = lines.get(timeout=max(0.05, deadline - time.monotonic()))
+        except queue.Empty:
+            proc.kill()
+            result = {"status": "error", "note": f"timed out after {timeout:.0f} s"}
+            break
+        if line is None:
+            break
+        if line.startswith(PREFIX):
+            event = json.loads(line[len(PREFIX) :])
+            if event["event"] == "result":
+                result = event["result"]
+            else:
+                on_event(event)
+        elif line.strip():
+            log.append(line.rstrip())
+    proc.wait()
+    if result is None:
+        tail = " | ".join(list(log)[-3:])
+        result = {"status": "error", "note": f"worker exited with code {proc.returncode}: {tail}"}
+    if result["status"] != "ok" and log:
+        result["log_tail"] = list(log)
+    return result
+
+
+def measure_one(workload, contender, quick: bool, device: str, schedule, timeout, progress):
+    """All processes for one (workload, contender): returns the row."""
+    row = {"workload": workload.name, "contender": contender.key, "label": contender.label}
+    reason = installed(*contender.modules)
+    if reason:
+        return {**row, "status": "skipped", "note": reason}
+    spec = {
+        "workload": workload.name,
+        "contender": contender.key,
+        "quick": quick,
+        "device": device,
+        "schedule": schedule,
+    }
+    cache_var = {
+        "fusegrad_compiled": "FUSEGRAD_CACHE_DIR",
+        "torch_compile": "TORCHINDUCTOR_CACHE_DIR",
+    }.get(contender.key)
+    cache_dir = None
+    extra = {}
+    if cache_var and not quick:
+        cache_dir = tempfile.mkdtemp(prefix=f"bench-{contender.key}-")  # mode 0700
+        extra[cache_var] = cache_dir
+    try:
+        result = run_worker(spec, worker_env(device, extra), timeout, progress.event)
+        if result["status"] == "ok" and cache_dir and contender.key == "fusegrad_compiled":
+            progress.event({"phase": "warm cache: first step in a new process"})
+            warm = run_worker(
+                {**spec, "first_step_only": True},
+                worker_env(device, extra),
+                timeout,
+                lambda ev: None,
+            )
+            if warm["status"] == "ok":
+                result["first_step_warm_s"] = warm["first_step_s"]
+                result["warm_stats"] = warm.get("stats", {})
+            else:
+                result.setdefault("notes", []).append(f"warm-cache run: {warm.get('note')}")
+        if cache_dir:
+            result["cache"] = "cold (fresh folder)"
+        elif cache_var:
+            result["cache"] = "default folder (may be warm)"
+    finally:
+        if cache_dir:
+            shutil.rmtree(cache_dir, ignore_errors=True)
+    return {**row, **result}
+
+
+def check_losses(rows: list[dict], rtol: float = RTOL, atol: float = ATOL) -> None:
+    """Mark each measured row 'ok' or 'WRONG' against a reference contender.
+
+    The reference is fusegrad eager, unless numpy and PyTorch eager agree with each other and
+    not with it: the candidate that agrees with the most rows wins, ties going to the order in
+    ``REFERENCE_ORDER``.  Both the first loss (forward only) and the final loss (after the same
+    number of steps, same data and DynamicNet depths) must match within rtol."""
+    done = [r for r in rows if r["status"] == "ok"]
+    if not done:
+        return
+
+    def close(a: float, b: float) -> bool:
+        return abs(a - b) <= atol + rtol * abs(b)
+
+    def agrees(r: dict, ref: dict) -> bool:
+        return all(close(r[k], ref[k]) for k in ("first_loss", "final_loss"))
+
+    candidates = [r for key in REFERENCE_ORDER for r in done if r["contender"] == key] or done[:1]
+    ref = max(candidates, key=lambda c: sum(agrees(r, c) for r in done))
+    for r in done:
+        r["reference"] = ref["contender"]
+        if agrees(r, ref):
+            r["check"] = "ok"
+        else:
+            r["check"] = "WRONG"
+            r["note"] = (
+                f"final loss {r['final_loss']:.7g} vs {ref['final_loss']:.7g} "
+                f"({ref['label']}), first loss {r['first_loss']:.7g} vs "
+                f"{ref['first_loss']:.7g}"
+            )
+
+
+def add_ratios(rows: list[dict], bound_s: float) -> None:
+    """Ratios of median ms/step to fusegrad eager, PyTorch eager and the machine bound.
+    A WRONG row gets no ratios: a wrong answer is not reported as fast."""
+    base = {
+        r["contender"]: r["median_s"]
+        for r in rows
+        if r["status"] == "ok" and r.get("check") == "ok"
+    }
+    for r in rows:
+        if r["status"] != "ok" or r.get("check") != "ok":
+            continue
+        for key in ("fusegrad_eager", "torch_eager"):
+            if key in base:
+                r[f"vs_{key}"] = r["median_s"] / base[key]
+        r["vs_bound"] = r["median_s"] / bound_s
+
+
+def run_suite(
+    workloads: list[str] | None = None,
+    contenders: list[str] | None = None,
+    quick: bool = False,
+    device: str = "cpu",
+    progress=None,
+    schedule: Schedule | None = None,
+    timeout: float | None = None,
+) -> dict:
+    """Run the benchmarks and return the full report (what ``--json`` writes).
+
+    ``schedule`` overrides every workload's step schedule (tests use a tiny one)."""
+    t_start = time.perf_counter()
+    ws = [WORKLOADS[n] for n in (workloads or WORKLOADS)]
+    cs = [CONTENDERS[k] for k in (contenders or CONTENDERS)]
+    progress = progress or PlainProgress(len(ws) * len(cs))
+    timeout = timeout or (240.0 if quick else 600.0)
+    notes = []
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    if load > 0.5:
+        notes.append(
+            f"load average {load:.2f} at start: other processes use the CPU, "
+            "timings are noisy (compare ratios within this run only)"
+        )
+    progress.message("measuring machine limits (bandwidth, GEMM)...")
+    limits = measure_limits(quick)
+    progress.message(
+        f"  bandwidth {limits['bandwidth_GBps']:.1f} GB/s, float32 GEMM "
+        f"{limits['gemm_f32_GFLOPs']:.1f} GFLOP/s"
+    )
+
+    report_workloads, rows = {}, []
+    for w in ws:
+        sizes, sched = w.config(quick)
+        sched = schedule or sched
+        cost = w.cost(sizes, sched)
+        bound = lower_bound_s(cost, limits)
+        report_workloads[w.name] = {
+            "summary": w.summary,
+            "sizes": sizes,
+            "steps": sched.total,
+            "schedule": {"warmup": sched.warmup, "repeats": sched.repeats, "inner": sched.inner},
+            "cost": {"bytes": cost.bytes, "flops": cost.flops, "model": cost.model},
+            "bound_s": bound,
+        }
+        w_rows = []
+        for c in cs:
+            progress.begin(w.name, c.label)
+            row = measure_one(
+                w, c, quick, device, schedule and schedule.__dict__, timeout, progress
+            )
+            progress.end(row)
+            w_rows.append(row)
+        check_losses(w_rows)
+        add_ratios(w_rows, bound)
+        rows.extend(w_rows)
+
+    if device == "cuda" and not any(
+        r["status"] == "ok" and r["contender"] != "numpy" for r in rows
+    ):
+        notes.append(
+            "--device cuda: no CUDA device available to any contender; "
+            "only the CPU numpy baseline ran"
+        )
+    return {
+        "machine": machine_info(),
+        "versions": versions(),
+        "limits": limits,
+        "settings": {
+            "quick": quick,
+            "device": device,
+            "rtol": RTOL,
+            "atol": ATOL,
+            "contenders": [c.key for c in cs],
+            "memory": "peak RSS growth over the RSS after setup (worker.py)",
+        },
+        "workloads": report_workloads,
+        "results": rows,
+        "notes": notes,
+        "wall_s": time.perf_counter() - t_start,
+    }
