@@ -1,0 +1,392 @@
+"""fusegrad.compile against eager mode: the same program run twice on identical copies of the
+model, optimizer and data (built from one numpy seed), once eagerly and once compiled, must
+print the same numbers; plus the compiled function's counters (graphs, kernels, graph breaks),
+explain(), verify, max_graphs and FUSEGRAD_DEBUG.
+
+Kernel counts are written as ``kernels_compiled + kernel_hits`` of a graph's first run: that
+is the number of fused loops the graph launches, whether each was compiled now, shared with a
+graph compiled earlier in this process, or loaded from the on-disk cache.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import tempfile
+import warnings
+
+import numpy as np
+import pytest
+
+if not os.environ.get("FUSEGRAD_CACHE_DIR"):  # tests/conftest.py normally sets one per session
+    os.environ["FUSEGRAD_CACHE_DIR"] = tempfile.mkdtemp(prefix="fusegrad-test-cache-")
+
+import fusegrad  # noqa: E402
+import fusegrad.nn as nn  # noqa: E402
+import fusegrad.optim as optim  # noqa: E402
+
+HERE = os.path.basename(__file__)
+
+
+# --------------------------------------------------------------------------- helpers
+def npy(t) -> np.ndarray:
+    return np.array(t.detach().numpy(), copy=True)
+
+
+def init_params(model, seed: int) -> None:
+    """Overwrite every parameter with values drawn from one numpy seed (Linear-like scale)."""
+    rng = np.random.default_rng(seed)
+    for p in model.parameters():
+        bound = 1.0 / np.sqrt(p.shape[-1]) if p.dim() >= 2 else 0.1
+        p.data.numpy()[...] = rng.uniform(-bound, bound, tuple(p.shape)).astype(np.float32)
+
+
+def twins(make_model, make_opt, seed: int = 0):
+    """Two identical (model, optimizer) setups: same architecture, weights from one seed."""
+    out = []
+    for _ in range(2):
+        m = make_model()
+        init_params(m, seed)
+        out.append((m, make_opt(m.parameters())))
+    return out
+
+
+def data(seed: int, *shapes) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal(s).astype(np.float32) for s in shapes]
+
+
+def T(a: np.ndarray):
+    """A fresh tensor of a numpy array (each copy of a setup gets its own)."""
+    return fusegrad.tensor(np.array(a, copy=True))
+
+
+def train_step_fn(model, opt, loss_fn):
+    def step(x, y):
+        loss = loss_fn(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return loss
+
+    return step
+
+
+def assert_params_close(m_eager, m_comp, rtol=1e-4, atol=1e-5):
+    for (n, a), (_, b) in zip(m_eager.named_parameters(), m_comp.named_parameters(), strict=True):
+        np.testing.assert_allclose(npy(b), npy(a), rtol=rtol, atol=atol, err_msg=n)
+
+
+def launched(stats) -> int:
+    return stats.kernels_compiled + stats.kernel_hits
+
+
+def snap(stats) -> dict:
+    return {k: getattr(stats, k) for k in
+            ("calls", "graphs_compiled", "graph_hits", "kernels_compiled", "kernel_hits",
+             "graph_breaks")}
+
+
+class DynamicNet(nn.Module):
+    """Seed 001: the middle layer is applied random.randint(0, 3) times per forward."""
+
+    def __init__(self, D_in, H, D_out):
+        super().__init__()
+        self.input_linear = nn.Linear(D_in, H)
+        self.middle_linear = nn.Linear(H, H)
+        self.output_linear = nn.Linear(H, D_out)
+
+    def forward(self, x):
+        h_relu = self.input_linear(x).clamp(min=0)
+        for _ in range(random.randint(0, 3)):
+            h_relu = self.middle_linear(h_relu).clamp(min=0)
+        return self.output_linear(h_relu)
+
+
+def mse_setup(seed=0, in_f=10, out_f=3, lr=0.1, momentum=0.0):
+    return twins(lambda: nn.Linear(in_f, out_f),
+                 lambda ps: optim.SGD(ps, lr=lr, momentum=momentum), seed)
+
+
+# --------------------------------------------------------------------------- seed 000
+def seed_step(x):
+    y = x + 2
+    z = y * y * 3
+    out = z.mean()
+    out.backward()
+    return out
+
+
+def test_seed_autograd_step_values_and_kernel_count():
+    x_e = fusegrad.ones(2, 2, requires_grad=True)
+    out_e = seed_step(x_e)
+
+    x = fusegrad.ones(2, 2, requires_grad=True)
+    step = fusegrad.compile(seed_step)
+    out = step(x)
+    assert out.item() == 27.0 == out_e.item()
+    np.testing.assert_array_equal(npy(x.grad), np.full((2, 2), 4.5, np.float32))
+    np.testing.assert_array_equal(npy(x.grad), npy(x_e.grad))
+    assert out.grad_fn is not None and out.grad_fn.name() == "MeanBackward0"
+    s = step.stats
+    assert (s.calls, s.graphs_compiled, s.graph_hits, s.graph_breaks) == (1, 1, 0, 0)
+    # forward loop (add -> mul -> mul -> mean) and backward loop; the reshape is a view
+    assert launched(s) == 2
+
+    # second call: .grad exists now, so backward accumulates (another graph), as in eager
+    seed_step(x_e)
+    step(x)
+    np.testing.assert_array_equal(npy(x.grad), np.full((2, 2), 9.0, np.float32))
+    np.testing.assert_array_equal(npy(x.grad), npy(x_e.grad))
+    assert step.stats.graphs_compiled == 2
+    assert launched(step.stats) == 4
+    step(x)  # same structure as the second call: a graph hit, no kernel work
+    assert step.stats.graph_hits == 1 and launched(step.stats) == 4
+    np.testing.assert_array_equal(npy(x.grad), np.full((2, 2), 13.5, np.float32))
+
+
+# --------------------------------------------------------------------------- kernel counts
+def test_mse_step_kernel_count_and_values():
+    (me, oe), (mc, oc) = mse_setup(seed=1)
+    xs, ys = data(2, (8, 10), (8, 3))
+    loss_fn = nn.MSELoss()
+    eager = train_step_fn(me, oe, loss_fn)
+    step = fusegrad.compile(train_step_fn(mc, oc, loss_fn))
+    for i in range(4):
+        le = eager(T(xs), T(ys)).item()
+        lc = step(T(xs), T(ys)).item()
+        assert lc == pytest.approx(le, rel=1e-5), i
+        if i == 0:
+            # matmul is BLAS; loops: bias add -> sub -> square -> mean, backward of the loss
+            # (+ sum over the batch for the bias grad), weight update, bias update
+            assert launched(step.stats) == 4
+    assert_params_close(me, mc)
+    s = step.stats
+    assert (s.calls, s.graphs_compiled, s.graph_hits, s.graph_breaks) == (4, 1, 3, 0)
+    assert launched(s) == 4  # graph hits launch kernels but compile/load nothing
+
+
+SGD_SHAPES = [(3, 4), (5,), (2, 6), (7,), (4, 2)]
+
+
+def sgd_update_fn(opt):
+    def update():
+        opt.step()
+
+    return update
+
+
+def test_sgd_momentum_update_of_n_params_kernel_count():
+    n = len(SGD_SHAPES)
+    rng = np.random.default_rng(3)
+    vals = [rng.standard_normal(s).astype(np.float32) for s in SGD_SHAPES]
+    grads = [[rng.standard_normal(s).astype(np.float32) for s in SGD_SHAPES] for _ in range(4)]
+    pe = [nn.Parameter(T(v)) for v in vals]
+    pc = [nn.Parameter(T(v)) for v in vals]
+    oe = optim.SGD(pe, lr=0.05, momentum=0.9)
+    oc = optim.SGD(pc, lr=0.05, momentum=0.9)
+    step = fusegrad.compile(sgd_update_fn(oc))
+    counts = []
+    for k in range(4):
+        for p, q, g in zip(pe, pc, grads[k], strict=True):
+            p.grad, q.grad = T(g), T(g)
+        oe.step()
+        before = launched(step.stats)
+        step()
+        counts.append(launched(step.stats) - before)
+        for p, q in zip(pe, pc, strict=True):
+            np.testing.assert_allclose(npy(q), npy(p), rtol=1e-6, atol=1e-7)
+            np.testing.assert_allclose(npy(oc.state[q]["momentum_buffer"]),
+                                       npy(oe.state[p]["momentum_buffer"]), rtol=1e-6, atol=1e-7)
+    # First call: the momentum buffers are created (clone + update: one loop per parameter);
+    # later calls: buf.mul_ -> buf.add_ -> p.add_ fused into one loop per parameter, a second
+    # graph. From then on graph hits launch the same n loops and compile nothing.
+    assert counts == [n, n, 0, 0]
+    assert (step.stats.graphs_compiled, step.stats.graph_hits) == (2, 2)
+
+
+# --------------------------------------------------------------------------- seed 001
+DYN = dict(D_in=1000, H=100, D_out=10, N=64)
+
+
+def dynamic_setup(momentum=0.9, seed=5):
+    pair = twins(lambda: DynamicNet(DYN["D_in"], DYN["H"], DYN["D_out"]),
+                 lambda ps: optim.SGD(ps, lr=1e-4, momentum=momentum), seed)
+    xs, ys = data(seed + 1, (DYN["N"], DYN["D_in"]), (DYN["N"], DYN["D_out"]))
+    return pair, xs, ys
+
+
+def test_dynamic_net_20_steps_compiled_matches_eager():
+    ((me, oe), (mc, oc)), xs, ys = dynamic_setup(momentum=0.9)
+    crit = nn.MSELoss(reduction="sum")
+    eager = train_step_fn(me, oe, crit)
+    step = fusegrad.compile(train_step_fn(mc, oc, crit))
+    steps = 20
+    random.seed(1234)
+    depths = [random.randint(0, 3) for _ in range(steps)]
+    random.seed(1234)
+    le = [eager(T(xs), T(ys)).item() for _ in range(steps)]
+    random.seed(1234)
+    x, y = T(xs), T(ys)
+    lc = [step(x, y).item() for _ in range(steps)]
+    np.testing.assert_allclose(lc, le, rtol=1e-4)
+    assert le[-1] < le[0]
+    assert_params_close(me, mc, rtol=1e-3, atol=1e-5)
+    # With momentum, the first call also creates the momentum buffers (buf = grad.clone()),
+    # so its graph is a one-off "first-call graph"; every later call records the steady-state
+    # graph of its depth. Graphs = 1 + distinct depths among calls 2..N.
+    k = len(set(depths[1:]))
+    s = step.stats
+    assert s.graphs_compiled == 1 + k
+    assert s.graph_hits == steps - s.graphs_compiled
+    assert s.calls == steps and s.graph_breaks == 0
+
+
+def test_dynamic_net_structure_counting_without_optimizer_state():
+    # plain SGD keeps no state: N calls with K distinct depths compile exactly K graphs
+    ((me, oe), (mc, oc)), xs, ys = dynamic_setup(momentum=0.0, seed=7)
+    crit = nn.MSELoss(reduction="sum")
+    eager = train_step_fn(me, oe, crit)
+    step = fusegrad.compile(train_step_fn(mc, oc, crit))
+    n = 12
+    random.seed(99)
+    depths = [random.randint(0, 3) for _ in range(n)]
+    k = len(set(depths))
+    assert k >= 3  # the seed makes this test meaningful
+    random.seed(99)
+    le = [eager(T(xs), T(ys)).item() for _ in range(n)]
+    random.seed(99)
+    lc = [step(T(xs), T(ys)).item() for _ in range(n)]
+    np.testing.assert_allclose(lc, le, rtol=1e-4)
+    assert step.stats.graphs_compiled == k
+    assert step.stats.graph_hits == n - k
+    # each new depth only adds copies of kernels an earlier depth already had (or one small
+    # new loop): the depth-3 graph is not compiled from scratch
+    assert step.stats.kernels_compiled <= launched(step.stats)
+
+
+# --------------------------------------------------------------------------- runtime inputs
+def test_changing_lr_via_param_groups_does_not_recompile():
+    (me, oe), (mc, oc) = mse_setup(seed=11, momentum=0.9)
+    xs, ys = data(12, (16, 10), (16, 3))
+    loss_fn = nn.MSELoss()
+    eager = train_step_fn(me, oe, loss_fn)
+    step = fusegrad.compile(train_step_fn(mc, oc, loss_fn))
+    lrs = [0.1, 0.1, 0.05, 0.3, 0.001, 0.2]
+    for i, lr in enumerate(lrs):
+        for g in oe.param_groups:
+            g["lr"] = lr
+        for g in oc.param_groups:
+            g["lr"] = lr
+        le = eager(T(xs), T(ys)).item()
+        lc = step(T(xs), T(ys)).item()
+        assert lc == pytest.approx(le, rel=1e-5), i
+        if i == 1:
+            after_warmup = snap(step.stats)
+            # first-call graph (momentum buffers created) + steady-state graph
+            assert after_warmup["graphs_compiled"] == 2
+    assert_params_close(me, mc)
+    s = snap(step.stats)
+    assert s["graphs_compiled"] == after_warmup["graphs_compiled"]
+    assert s["kernels_compiled"] == after_warmup["kernels_compiled"]
+    assert s["graph_hits"] == after_warmup["graph_hits"] + len(lrs) - 2
+
+
+def test_changing_batch_size_new_graph_zero_new_kernels_and_explain():
+    (me, oe), (mc, oc) = mse_setup(seed=13)
+    loss_fn = nn.MSELoss()
+    eager = train_step_fn(me, oe, loss_fn)
+    step = fusegrad.compile(train_step_fn(mc, oc, loss_fn))
+    x64, y64 = data(14, (64, 10), (64, 3))
+    x32, y32 = data(15, (32, 10), (32, 3))
+    for xs, ys in ((x64, y64), (x64, y64)):
+        assert step(T(xs), T(ys)).item() == pytest.approx(eager(T(xs), T(ys)).item(), rel=1e-5)
+    before = snap(step.stats)
+    assert before["graphs_compiled"] == 1
+    assert step(T(x32), T(y32)).item() == pytest.approx(eager(T(x32), T(y32)).item(), rel=1e-5)
+    after = snap(step.stats)
+    assert after["graphs_compiled"] == before["graphs_compiled"] + 1
+    assert after["kernels_compiled"] == before["kernels_compiled"]  # kernels are size-generic
+    assert after["kernel_hits"] > before["kernel_hits"]
+    assert_params_close(me, mc)
+    text = step.explain()
+    assert "(64, 10) -> (32, 10)" in text, text
+    assert re.search(r"input \d+ shape \(64, 10\) -> \(32, 10\)", text), text
+    assert "2 graphs compiled" in text
+
+
+# --------------------------------------------------------------------------- Adam / AdamW
+@pytest.mark.parametrize("make_opt", [
+    lambda ps: optim.Adam(ps, lr=0.01),
+    lambda ps: optim.Adam(ps, lr=0.01, betas=(0.8, 0.99), weight_decay=0.1),
+    lambda ps: optim.AdamW(ps, lr=0.01, weight_decay=0.05),
+], ids=["Adam", "Adam-wd", "AdamW"])
+def test_adam_and_adamw_compiled_match_eager(make_opt):
+    (me, oe), (mc, oc) = twins(lambda: nn.Linear(10, 3), make_opt, seed=21)
+    xs, ys = data(22, (16, 10), (16, 3))
+    loss_fn = nn.MSELoss()
+    eager = train_step_fn(me, oe, loss_fn)
+    step = fusegrad.compile(train_step_fn(mc, oc, loss_fn))
+    for i in range(5):
+        le = eager(T(xs), T(ys)).item()
+        lc = step(T(xs), T(ys)).item()
+        assert lc == pytest.approx(le, rel=1e-5), i
+    assert_params_close(me, mc, rtol=1e-5, atol=1e-6)
+    for p, q in zip(me.parameters(), mc.parameters(), strict=True):
+        se, sc = oe.state[p], oc.state[q]
+        assert sc["step"] == se["step"] == 5
+        for key in ("exp_avg", "exp_avg_sq"):
+            np.testing.assert_allclose(npy(sc[key]), npy(se[key]), rtol=1e-5, atol=1e-8)
+    assert step.stats.graphs_compiled <= 2  # step count and bias corrections are runtime scalars
+    assert step.stats.graph_hits == 5 - step.stats.graphs_compiled
+
+
+# --------------------------------------------------------------------------- identity
+@pytest.mark.parametrize("set_to_none", [True, False])
+def test_parameters_grads_and_state_keep_identity(set_to_none):
+    (me, oe), (mc, oc) = mse_setup(seed=31, momentum=0.9)
+    xs, ys = data(32, (8, 10), (8, 3))
+    loss_fn = nn.MSELoss()
+
+    def make(model, opt):
+        def step(x, y):
+            loss = loss_fn(model(x), y)
+            opt.zero_grad(set_to_none=set_to_none)
+            loss.backward()
+            opt.step()
+            return loss
+        return step
+
+    eager, step = make(me, oe), fusegrad.compile(make(mc, oc))
+    eager(T(xs), T(ys))
+    step(T(xs), T(ys))  # first call creates .grad and the momentum buffers
+    params = list(mc.parameters())
+    w = mc.weight
+    arrays = [p.data.numpy() for p in params]
+    bufs = [oc.state[p]["momentum_buffer"] for p in params]
+    buf_arrays = [b.numpy() for b in bufs]
+    grads = [p.grad for p in params]
+    grad_arrays = [g.numpy() for g in grads]
+    for _ in range(3):
+        eager(T(xs), T(ys))
+        step(T(xs), T(ys))
+    assert list(mc.parameters()) == params and all(a is b for a, b in zip(mc.parameters(), params))
+    assert mc.weight is w
+    for p, a in zip(params, arrays, strict=True):
+        assert p.data.numpy() is a  # updated in place, same numpy array
+    for p, b, ba in zip(params, bufs, buf_arrays, strict=True):
+        assert oc.state[p]["momentum_buffer"] is b
+        assert b.numpy() is ba
+    if not set_to_none:  # zero_() then accumulate: the same grad tensor and array
+        for p, g, ga in zip(params, grads, grad_arrays, strict=True):
+            assert p.grad is g
+            assert p.grad.numpy() is ga
+    # the references the user held see eager's values
+    for pe, a in zip(me.parameters(), arrays, strict=True):
+        np.testing.assert_allclose(a, npy(pe), rtol=1e-5, atol=1e-6)
+    for pe, ba in zip(me.parameters(), buf_arrays, strict=True):
+        np.testing.assert_allclose(ba, npy(oe.state[pe]["momentum_buffer"]), rtol=1e-5, atol=1e-6)
+    for pe, pc in zip(me.parameters(), params, strict=True):
+        np.testing.assert_allclose(npy(pc.grad), npy(pe.grad), rtol=1e-5, atol=1e-6)
+    assert arrays[0].flags.writeable
