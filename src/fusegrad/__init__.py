@@ -8,6 +8,23 @@ executes the recorded forward + backward + update as cached fused kernels.
 
 from __future__ import annotations
 
+import os as _os
+
+
+def _pin_blas_threads() -> None:
+    """One BLAS thread by default: on small machines OpenBLAS's spinning pool loses ~100x on
+    the small matmuls of training steps when anything else runs (ARCHITECTURE.md, pitfalls).
+    FUSEGRAD_BLAS_THREADS=N sets another count; 0 leaves BLAS alone."""
+    n = int(_os.environ.get("FUSEGRAD_BLAS_THREADS", "1"))
+    if n > 0:
+        import numpy  # noqa: F401  (its BLAS must be loaded to be limited)
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(n, user_api="blas")
+
+
+_pin_blas_threads()
+
 from . import autograd, cuda, dtypes, ops
 from .autograd import enable_grad, is_grad_enabled, no_grad, set_grad_enabled
 from .dtypes import bool_ as bool  # noqa: A001

@@ -102,7 +102,8 @@ class _FirstCall:
             stats.kernels_compiled += 1
             self.ex.compiled_now += 1
             elapsed = time.perf_counter() - self.ex.t0
-            if elapsed > 1.0:
+            if elapsed > 1.0 and elapsed - getattr(self.ex, "logged", 0.0) > 1.0:
+                self.ex.logged = elapsed
                 total = len(self.ex.kernels)
                 log.info("fusegrad: compiled %d kernels (of %d in this graph) in %.1fs",
                          self.ex.compiled_now, total, elapsed)
