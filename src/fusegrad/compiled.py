@@ -166,7 +166,7 @@ class CompiledFunction:
                 warnings.warn(
                     f"fusegrad.compile({self.__name__}): more than max_graphs={self.max_graphs} "
                     f"distinct graphs; evicting the least recently used. What changed:\n"
-                    f"{self.explain()}", RecompileWarning, stacklevel=4,
+                    f"{self.explain()}", RecompileWarning, stacklevel=_user_stacklevel(),
                 )
         self.stats.compile_seconds += time.perf_counter() - t0
         return ex
@@ -175,7 +175,8 @@ class CompiledFunction:
         if not self._warned_fallback:
             self._warned_fallback = True
             warnings.warn(f"fusegrad.compile({self.__name__}): compiling failed; running this "
-                          "graph eagerly (fallback='eager')", RuntimeWarning, stacklevel=4)
+                          "graph eagerly (fallback='eager')", RuntimeWarning,
+                          stacklevel=_user_stacklevel())
 
     # ---- observability
     def explain(self) -> str:
@@ -192,6 +193,18 @@ class CompiledFunction:
         if hint:
             lines.append("hint: " + hint)
         return "\n".join(lines)
+
+
+def _user_stacklevel() -> int:
+    """The warnings stacklevel that points at the user's frame, outside fusegrad."""
+    import sys
+
+    from .errors import _PKG_DIR
+
+    f, level = sys._getframe(1), 1
+    while f is not None and f.f_code.co_filename.startswith(_PKG_DIR):
+        f, level = f.f_back, level + 1
+    return level
 
 
 def _site(n) -> str:
@@ -254,7 +267,7 @@ def _hint(history: list) -> str:
 
 def _check(graph: Graph, ex, env: dict) -> None:
     """verify=True: compare every materialized value with its eager twin, in program order."""
-    for n in ex.plan.nodes:
+    for n in graph.nodes:  # this call's nodes: their shadows hold this call's eager values
         if n.op in ("input", "scalar") or n.shadow is None:
             continue
         got = env.get(f"v{n.id}")

@@ -117,11 +117,12 @@ def _eager(op, args, attrs):
 
 def _op_error(op, args, attrs, e) -> RuntimeError:
     msg = str(e)
-    if "broadcast" in msg and op.kind == "elementwise":
-        try:
-            ops.broadcast_shapes(*(ops.shape_of(a) for a in args))
-        except ValueError as be:
-            msg = str(be)
+    try:  # the shape rule words the problem as PyTorch does, identically in traced mode
+        op.infer(args, attrs)
+    except (ValueError, TypeError, IndexError) as rule_error:
+        msg = str(rule_error)
+    except Exception:
+        pass
     return op_error(op.name, f"{msg}; got ({_describe(args)})")
 
 
