@@ -43,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--plain", action="store_true", help="plain progress lines, no rich")
     parser.add_argument("--timeout", type=float, help="seconds per worker process")
+    parser.add_argument(
+        "--torch-threads", type=int, help="torch.set_num_threads (default: all cores)"
+    )
     args = parser.parse_args(argv)
 
     workloads = _names(args.only, WORKLOADS, "workload")
@@ -57,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
             device=args.device,
             progress=progress,
             timeout=args.timeout,
+            torch_threads=args.torch_threads,
         )
     finally:
         progress.close()

@@ -88,8 +88,8 @@ class TorchLike:
     def prepare(self, workload: Workload, init: Init, device: str) -> Prepared:
         tl = importlib.import_module(self.module)
         notes = []
-        if self.module == "torch":
-            threads = os.cpu_count() or 1
+        if self.module == "torch":  # all cores unless --torch-threads says otherwise
+            threads = int(os.environ.get("BENCH_TORCH_THREADS") or os.cpu_count() or 1)
             tl.set_num_threads(threads)
             notes.append(f"torch.set_num_threads({threads})")
         if device == "cuda" and not tl.cuda.is_available():
@@ -159,9 +159,17 @@ class NumpyHand:
     def prepare(self, workload: Workload, init: Init, device: str) -> Prepared:
         from . import numpy_steps
 
+        notes = ["numpy runs on the CPU"] if device != "cpu" else []
+        try:  # one BLAS thread, as fusegrad does: OpenBLAS's spinning pool loses on small
+            # matmuls as soon as anything else runs (ARCHITECTURE.md, pitfalls)
+            from threadpoolctl import threadpool_limits
+
+            threadpool_limits(1, user_api="blas")
+            notes.append("BLAS threads: 1")
+        except ImportError:
+            notes.append("BLAS threads: numpy default (threadpoolctl missing)")
         step = numpy_steps.BUILDERS[workload.impl](init)
         batches = [tuple(a.copy() for a in b) for b in init.batches]
-        notes = ["numpy runs on the CPU"] if device != "cpu" else []
         return Prepared(step, batches, float, notes=notes)
 
 

@@ -97,7 +97,7 @@ def header_lines(report: dict) -> list[str]:
         f"python {v['python']}; {vers}",
         f"limits: memory bandwidth {lim['bandwidth_GBps']:.1f} GB/s, float32 GEMM "
         f"{lim['gemm_f32_GFLOPs']:.1f} GFLOP/s ({lim['model']})",
-        f"threads: {m['threads']}",
+        f"threads: {m['threads']}; torch threads this run: {report['settings']['torch_threads']}",
         f"memory: {report['settings']['memory']}; ratios are median / base (<1 = faster); "
         f"check: first and final loss within rtol {report['settings']['rtol']:g}",
     ]

@@ -24,6 +24,7 @@ import tempfile
 import threading
 import time
 from collections import deque
+from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
 
@@ -77,8 +78,9 @@ def machine_info() -> dict:
             )
             if k in os.environ
         },
-        "threads": f"torch.set_num_threads({os.cpu_count()}) in torch workers; "
-        "JAX_PLATFORMS=cpu for --device cpu; numpy/numba use their defaults",
+        "threads": "torch.set_num_threads(cores, or --torch-threads) in torch workers; "
+        "JAX_PLATFORMS=cpu for --device cpu; numpy contender: 1 BLAS thread (as fusegrad); "
+        "numba: its default",
     }
     try:
         with open("/proc/cpuinfo") as f:
@@ -100,7 +102,18 @@ def machine_info() -> dict:
     return info
 
 
-def worker_env(device: str, extra: dict[str, str]) -> dict[str, str]:
+@dataclass(frozen=True)
+class Settings:
+    """What every worker of one run shares."""
+
+    quick: bool = False
+    device: str = "cpu"
+    schedule: Schedule | None = None  # overrides every workload's schedule (tests)
+    timeout: float = 600.0  # seconds per worker process
+    torch_threads: int = os.cpu_count() or 1
+
+
+def worker_env(settings: Settings, extra: dict[str, str]) -> dict[str, str]:
     env = dict(os.environ)
     paths = [str(REPO)]
     if (REPO / "src" / "fusegrad" / "__init__.py").exists():
@@ -108,8 +121,9 @@ def worker_env(device: str, extra: dict[str, str]) -> dict[str, str]:
     if env.get("PYTHONPATH"):
         paths.append(env["PYTHONPATH"])
     env["PYTHONPATH"] = os.pathsep.join(paths)
-    if device == "cpu":
+    if settings.device == "cpu":
         env["JAX_PLATFORMS"] = "cpu"
+    env["BENCH_TORCH_THREADS"] = str(settings.torch_threads)
     env.update(extra)
     return env
 
@@ -162,7 +176,7 @@ def run_worker(spec: dict, env: dict, timeout: float, on_event) -> dict:
     return result
 
 
-def measure_one(workload, contender, quick: bool, device: str, schedule, timeout, progress):
+def measure_one(workload, contender, settings: Settings, progress) -> dict:
     """All processes for one (workload, contender): returns the row."""
     row = {"workload": workload.name, "contender": contender.key, "label": contender.label}
     reason = installed(*contender.modules)
@@ -171,9 +185,9 @@ def measure_one(workload, contender, quick: bool, device: str, schedule, timeout
     spec = {
         "workload": workload.name,
         "contender": contender.key,
-        "quick": quick,
-        "device": device,
-        "schedule": schedule,
+        "quick": settings.quick,
+        "device": settings.device,
+        "schedule": asdict(settings.schedule) if settings.schedule else None,
     }
     cache_var = {
         "fusegrad_compiled": "FUSEGRAD_CACHE_DIR",
@@ -181,18 +195,16 @@ def measure_one(workload, contender, quick: bool, device: str, schedule, timeout
     }.get(contender.key)
     cache_dir = None
     extra = {}
-    if cache_var and not quick:
+    if cache_var and not settings.quick:
         cache_dir = tempfile.mkdtemp(prefix=f"bench-{contender.key}-")  # mode 0700
         extra[cache_var] = cache_dir
     try:
-        result = run_worker(spec, worker_env(device, extra), timeout, progress.event)
+        env = worker_env(settings, extra)
+        result = run_worker(spec, env, settings.timeout, progress.event)
         if result["status"] == "ok" and cache_dir and contender.key == "fusegrad_compiled":
             progress.event({"phase": "warm cache: first step in a new process"})
             warm = run_worker(
-                {**spec, "first_step_only": True},
-                worker_env(device, extra),
-                timeout,
-                lambda ev: None,
+                {**spec, "first_step_only": True}, env, settings.timeout, progress.event
             )
             if warm["status"] == "ok":
                 result["first_step_warm_s"] = warm["first_step_s"]
@@ -266,6 +278,7 @@ def run_suite(
     progress=None,
     schedule: Schedule | None = None,
     timeout: float | None = None,
+    torch_threads: int | None = None,
 ) -> dict:
     """Run the benchmarks and return the full report (what ``--json`` writes).
 
@@ -274,14 +287,23 @@ def run_suite(
     ws = [WORKLOADS[n] for n in (workloads or WORKLOADS)]
     cs = [CONTENDERS[k] for k in (contenders or CONTENDERS)]
     progress = progress or PlainProgress(len(ws) * len(cs))
-    timeout = timeout or (240.0 if quick else 600.0)
+    settings = Settings(
+        quick,
+        device,
+        schedule,
+        timeout or (240.0 if quick else 600.0),
+        torch_threads or os.cpu_count() or 1,
+    )
     notes = []
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
     if load > 0.5:
-        notes.append(
-            f"load average {load:.2f} at start: other processes use the CPU, "
-            "timings are noisy (compare ratios within this run only)"
-        )
+        note = f"load average {load:.2f} at start: other processes use the CPU, timings are noisy"
+        if settings.torch_threads > 1:
+            note += (
+                f"; torch with {settings.torch_threads} threads (spinning OpenMP pool) can "
+                "lose 10-100x under load: rerun on an idle machine or with --torch-threads 1"
+            )
+        notes.append(note + "; compare ratios within one run only")
     progress.message("measuring machine limits (bandwidth, GEMM)...")
     limits = measure_limits(quick)
     progress.message(
@@ -306,9 +328,7 @@ def run_suite(
         w_rows = []
         for c in cs:
             progress.begin(w.name, c.label)
-            row = measure_one(
-                w, c, quick, device, schedule and schedule.__dict__, timeout, progress
-            )
+            row = measure_one(w, c, settings, progress)
             progress.end(row)
             w_rows.append(row)
         check_losses(w_rows)
@@ -329,6 +349,7 @@ def run_suite(
         "settings": {
             "quick": quick,
             "device": device,
+            "torch_threads": settings.torch_threads,
             "rtol": RTOL,
             "atol": ATOL,
             "contenders": [c.key for c in cs],
