@@ -1027,7 +1027,7 @@ def _default_grads(outputs, grads) -> list:
 def _to_array(data, dtype: dtypes.dtype | None) -> np.ndarray:
     if isinstance(data, Tensor):
         arr = np.array(_value(data), copy=True)
-    elif isinstance(data, np.ndarray):
+    elif isinstance(data, (np.ndarray, np.generic)):
         arr = np.array(data, copy=True)
         if dtype is None:
             arr = arr.astype(_normalize_np_dtype(arr.dtype), copy=False)
