@@ -331,7 +331,9 @@ class Tensor:
 
     def _is_view(self) -> bool:
         v = self._s.v
-        return type(v) is np.ndarray and v.base is not None
+        if type(v) is np.ndarray:
+            return v.base is not None
+        return not isinstance(v.op, str) and v.op.kind == "view"
 
     def __hash__(self) -> int:
         return id(self)

@@ -19,7 +19,7 @@ import weakref
 import numpy as np
 
 from . import tensor as T
-from .errors import user_site
+from .errors import user_line, user_site
 
 
 class Node:
@@ -142,7 +142,17 @@ class Tracer:
 
     def assign(self, store, src_store):
         """An in-place write (optimizer update, grad accumulation) to a store."""
-        if type(store.v) is np.ndarray:
+        v = store.v
+        if type(v) is Node and v.op not in ("input", "scalar") and v.op.kind == "view" and not (
+            v.op.name == "getitem" and "T" in v.attrs["index"]
+        ):
+            raise RuntimeError(
+                f"fusegrad.compile: an in-place write to the result of {v.name} (a view of "
+                f"another tensor) is not supported inside a compiled function, because the "
+                f"write would not reach the viewed tensor; use clone() first, or write to the "
+                f"original tensor (at {user_line()})"
+            )
+        if type(v) is np.ndarray:
             node = self._input(store)
             self.mutated[id(store)] = (store, node)
         elif id(store) not in self.mutated:
