@@ -95,7 +95,7 @@ class Node:
         self.retain = None  # weakref to the output tensor if it called retain_grad()
 
     def name(self) -> str:
-        return self.op.grad_fn or f"{self.op.name.capitalize()}Backward0"
+        return self.op.node_name(self.attrs) or f"{self.op.name.capitalize()}Backward0"
 
     def __repr__(self) -> str:
         return f"<{self.name()} object at {hex(id(self))}>"

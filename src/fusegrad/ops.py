@@ -69,6 +69,10 @@ class Op:
 
     vjp = None
 
+    def node_name(self, attrs: dict) -> str:
+        """PyTorch's grad_fn name; some ops name their overload by the arguments given."""
+        return self.grad_fn
+
 
 # --------------------------------------------------------------------------- shape helpers
 @lru_cache(maxsize=8192)
@@ -387,34 +391,36 @@ class Minimum(Elementwise):
 
 @defop
 class ClampMin(Elementwise):
-    name, grad_fn, lower, rule = "clamp_min", "ClampMinBackward0", "max({0}, {1})", "same"
+    name, grad_fn, lower = "clamp_min", "ClampMinBackward0", "max({0}, {1})"
     eager = staticmethod(np.maximum)
 
     def vjp(n, g):
         x, lo = n.args
-        return g * (x >= lo), None
+        return g * (x >= lo), (g * (x < lo) if n.needs[1] else None)
 
 
 @defop
 class ClampMax(Elementwise):
-    name, grad_fn, lower, rule = "clamp_max", "ClampMaxBackward0", "min({0}, {1})", "same"
+    name, grad_fn, lower = "clamp_max", "ClampMaxBackward0", "min({0}, {1})"
     eager = staticmethod(np.minimum)
 
     def vjp(n, g):
         x, hi = n.args
-        return g * (x <= hi), None
+        return g * (x <= hi), (g * (x > hi) if n.needs[1] else None)
 
 
 @defop
 class Clamp(Elementwise):
-    name, grad_fn, lower, rule = "clamp", "ClampBackward1", "min(max({0}, {1}), {2})", "same"
+    name, grad_fn, lower = "clamp", "ClampBackward1", "min(max({0}, {1}), {2})"
 
     def eager(self, x, lo, hi):
         return np.minimum(np.maximum(x, lo), hi)
 
     def vjp(n, g):
         x, lo, hi = n.args
-        return g * ((x >= lo) * (x <= hi)), None, None
+        glo = g * ((x < lo) * (lo <= hi)) if n.needs[1] else None
+        ghi = g * (x > hi) if n.needs[2] else None
+        return g * ((x >= lo) * (x <= hi)), glo, ghi
 
 
 @defop
@@ -500,6 +506,9 @@ class Reduce(Op):
 class Sum(Reduce):
     name, grad_fn, lower, needs_inputs = "sum", "SumBackward0", "sum", False
 
+    def node_name(self, attrs):
+        return "SumBackward0" if attrs["dims"] is None and not attrs["keepdim"] else "SumBackward1"
+
     def out_dtype(self, d):
         return d if d.is_floating_point else int64
 
@@ -518,6 +527,9 @@ class Sum(Reduce):
 @defop
 class Mean(Reduce):
     name, grad_fn, lower, needs_inputs = "mean", "MeanBackward0", "mean", False
+
+    def node_name(self, attrs):
+        return "MeanBackward0" if attrs["dims"] is None and not attrs["keepdim"] else "MeanBackward1"
 
     def out_dtype(self, d):
         if not d.is_floating_point:
@@ -684,6 +696,9 @@ class GetItem(View):
 
     name, grad_fn = "getitem", "IndexBackward0"
 
+    def node_name(self, attrs):
+        return index_kind(attrs["index"])
+
     def infer(self, args, attrs):
         x = args[0]
         dummy = np.broadcast_to(np.zeros((), np.int8), x.shape)
@@ -764,6 +779,8 @@ class Matmul(Op):
 
     def vjp(n, g):
         a, b = n.args
+        if a.dim() == 1 and b.dim() == 1:  # dot product: g is 0-d
+            return (g * b if n.needs[0] else None), (g * a if n.needs[1] else None)
         a2 = a.unsqueeze(0) if a.dim() == 1 else a
         b2 = b.unsqueeze(-1) if b.dim() == 1 else b
         if a.dim() == 1:
@@ -845,7 +862,8 @@ class Cat(Op):
         return tuple(shape), dtypes.promote(tuple(part(a) for a in args))
 
     def eager(self, *xs, dim):
-        return np.concatenate(xs, axis=dim)
+        d = dtypes.promote(tuple((dtypes.from_numpy_dtype(x.dtype), 2 if x.ndim else 1) for x in xs))
+        return np.concatenate([x.astype(d.np, copy=False) for x in xs], axis=dim)
 
     def vjp(n, g):
         dim, start, out = n.attrs["dim"], 0, []

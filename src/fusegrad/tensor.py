@@ -138,7 +138,7 @@ def apply(op, args: tuple, attrs: dict):
         out = _eager(op, args, attrs)
     if GRAD[0] and op.differentiable:
         needs = tuple(isinstance(a, Tensor) and a.requires_grad for a in args)
-        if True in needs:
+        if True in needs and out.dtype.is_floating_point:
             node = Node(op, args, attrs, tuple(_edge(a) for a in args), needs)
             if op.needs_inputs:
                 node.versions = tuple(a._s.version if isinstance(a, Tensor) else None for a in args)
