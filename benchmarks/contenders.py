@@ -53,6 +53,7 @@ class Contender(Protocol):
     label: str  # name shown in the table
     compiles: bool  # the first step includes compiling (reported as compile time)
     modules: tuple[str, ...]  # what must be importable (checked cheaply in the parent)
+    quick_skip: str | None  # set: --quick leaves it out unless named in --contenders
 
     def prepare(self, workload: Workload, init: Init, device: str) -> Prepared: ...
 
@@ -80,6 +81,7 @@ class TorchLike:
     module: str
     compiles: bool = False
     wrap: Callable[[Any, Callable, str], tuple[Callable, Callable[[], dict]]] | None = None
+    quick_skip: str | None = None  # why --quick leaves it out unless named in --contenders
 
     @property
     def modules(self) -> tuple[str, ...]:
@@ -155,6 +157,7 @@ class NumpyHand:
     label: str = "numpy (by hand)"
     compiles: bool = False
     modules: tuple[str, ...] = ("numpy",)
+    quick_skip: str | None = None
 
     def prepare(self, workload: Workload, init: Init, device: str) -> Prepared:
         from . import numpy_steps
@@ -181,6 +184,7 @@ class JaxJit:
     label: str = "jax.jit"
     compiles: bool = True
     modules: tuple[str, ...] = ("jax",)
+    quick_skip: str | None = None
 
     def prepare(self, workload: Workload, init: Init, device: str) -> Prepared:
         import warnings
@@ -215,7 +219,14 @@ CONTENDERS: dict[str, Contender] = {
         TorchLike("fusegrad_compiled", "fusegrad compiled", "fusegrad", True, _fusegrad_compile),
         NumpyHand(),
         TorchLike("torch_eager", "PyTorch eager", "torch"),
-        TorchLike("torch_compile", "torch.compile", "torch", True, _torch_compile),
+        TorchLike(
+            "torch_compile",
+            "torch.compile",
+            "torch",
+            True,
+            _torch_compile,
+            quick_skip="not in --quick (compiles 10-50 s per workload; name it in --contenders)",
+        ),
         JaxJit(),
     ]
 }

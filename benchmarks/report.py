@@ -44,6 +44,8 @@ def _first_step(r: dict) -> str:
     text = _seconds(r["first_step_s"])
     if "first_step_warm_s" in r:
         text = f"cold {text}, warm {_seconds(r['first_step_warm_s'])}"
+    elif r.get("cache", "").startswith("default"):
+        text += ", default cache"
     return text
 
 
@@ -53,9 +55,10 @@ def _short(text: str, limit: int = 90) -> str:
 
 
 def _graphs(r: dict) -> str:
+    """'graphs / kernels' compiled by this process (kernels loaded from a warm on-disk cache
+    do not count: see the first-step column for the cache state)."""
     stats = r.get("stats") or {}
-    parts = [str(stats[k]) for k in ("graphs_compiled", "kernels_compiled") if k in stats]
-    return " / ".join(parts)
+    return " / ".join(str(stats[k]) for k in ("graphs_compiled", "kernels_compiled") if k in stats)
 
 
 def row_cells(r: dict) -> list[str]:
@@ -169,7 +172,7 @@ def write_plot(report: dict, path: str | Path) -> str:
         return "matplotlib is not installed: no plot written (pip install matplotlib)"
     names = list(report["workloads"])
     labels = list(dict.fromkeys(r["label"] for r in report["results"]))
-    fig, ax = plt.subplots(figsize=(max(8, 2.2 * len(names)), 5))
+    fig, ax = plt.subplots(figsize=(max(8, 2.2 * len(names)) + 2, 5))
     width = 0.8 / max(1, len(labels))
     for j, label in enumerate(labels):
         xs, ys = [], []
@@ -207,7 +210,7 @@ def write_plot(report: dict, path: str | Path) -> str:
         f"fusegrad benchmarks ({m.get('cpu')}, {m['cores']} cores"
         f"{', quick' if report['settings']['quick'] else ''})"
     )
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(axis="y", which="both", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

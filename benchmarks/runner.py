@@ -193,6 +193,7 @@ def measure_one(workload, contender, settings: Settings, progress) -> dict:
         "fusegrad_compiled": "FUSEGRAD_CACHE_DIR",
         "torch_compile": "TORCHINDUCTOR_CACHE_DIR",
     }.get(contender.key)
+    t0 = time.perf_counter()
     cache_dir = None
     extra = {}
     if cache_var and not settings.quick:
@@ -218,7 +219,7 @@ def measure_one(workload, contender, settings: Settings, progress) -> dict:
     finally:
         if cache_dir:
             shutil.rmtree(cache_dir, ignore_errors=True)
-    return {**row, **result}
+    return {**row, **result, "wall_s": time.perf_counter() - t0}
 
 
 def check_losses(rows: list[dict], rtol: float = RTOL, atol: float = ATOL) -> None:
@@ -328,7 +329,16 @@ def run_suite(
         w_rows = []
         for c in cs:
             progress.begin(w.name, c.label)
-            row = measure_one(w, c, settings, progress)
+            if quick and contenders is None and c.quick_skip:
+                row = {
+                    "workload": w.name,
+                    "contender": c.key,
+                    "label": c.label,
+                    "status": "skipped",
+                    "note": c.quick_skip,
+                }
+            else:
+                row = measure_one(w, c, settings, progress)
             progress.end(row)
             w_rows.append(row)
         check_losses(w_rows)
