@@ -790,28 +790,18 @@ def test_randomness_same_seed_same_numbers_and_no_new_graphs():
 
 
 # --------------------------------------------------------------------------- reductions
-_INF_BUG = pytest.mark.xfail(
-    reason="BUG: a float max/min/amax/amin over a leading (non-trailing) dim fails under compile "
-           "with NameError: name 'inf' is not defined (codegen.driver_source emits "
-           "v.fill(-inf) from repr(-np.inf))", strict=True)
-_BOOL_BUG = pytest.mark.xfail(
-    reason="BUG: all/any over a leading dim fails under compile with ValueError: Invalid "
-           "integer data type 'b' (codegen.reduction_fill evaluates np.iinfo(bool) for every "
-           "kind)", strict=True)
-
-
 @pytest.mark.parametrize("fn", [
     pytest.param(lambda x: (x * 2).sum(dim=0), id="sum0"),
     pytest.param(lambda x: (x * 2).mean(dim=0), id="mean0"),
     pytest.param(lambda x: (x * 2).amax(dim=1), id="amax1"),
     pytest.param(lambda x: (x > 3).all(dim=1), id="all1"),
     pytest.param(lambda x: (x * 2).long().amax(dim=0), id="int-amax0"),
-    pytest.param(lambda x: (x * 2).amax(dim=0), id="amax0", marks=_INF_BUG),
-    pytest.param(lambda x: (x * 2).max(dim=0)[0], id="max0", marks=_INF_BUG),
-    pytest.param(lambda x: (x * 2).amin(dim=0), id="amin0", marks=_INF_BUG),
-    pytest.param(lambda x: (x * 2).reshape(3, 2, 2).amax(dim=1), id="amax-middle", marks=_INF_BUG),
-    pytest.param(lambda x: (x > 3).any(dim=0), id="any0", marks=_BOOL_BUG),
-    pytest.param(lambda x: (x > 3).all(dim=0), id="all0", marks=_BOOL_BUG),
+    pytest.param(lambda x: (x * 2).amax(dim=0), id="amax0"),
+    pytest.param(lambda x: (x * 2).max(dim=0)[0], id="max0"),
+    pytest.param(lambda x: (x * 2).amin(dim=0), id="amin0"),
+    pytest.param(lambda x: (x * 2).reshape(3, 2, 2).amax(dim=1), id="amax-middle"),
+    pytest.param(lambda x: (x > 3).any(dim=0), id="any0"),
+    pytest.param(lambda x: (x > 3).all(dim=0), id="all0"),
 ])
 def test_reductions_over_any_dim_compiled_match_eager(fn):
     x = fusegrad.tensor(np.arange(12, dtype=np.float32).reshape(3, 4) - 5)

@@ -161,8 +161,12 @@ def _acc(kind: str, d: dtypes.dtype, acc: str, v: str) -> tuple[str, str]:
 
 def reduction_fill(kind: str, d: dtypes.dtype):
     """Initial value of a reduction accumulated in its output array."""
-    return {"sum": 0, "mean": 0, "max": -np.inf if d.is_floating_point else np.iinfo(d.np).min,
-            "min": np.inf if d.is_floating_point else np.iinfo(d.np).max, "all": True, "any": False}[kind]
+    if kind in ("sum", "mean"):
+        return 0
+    if kind in ("all", "any"):
+        return kind == "all"
+    big = np.inf if d.is_floating_point else np.iinfo(d.np).max
+    return -big if kind == "max" else big
 
 
 def _expr(n, name: dict) -> str:
@@ -229,7 +233,9 @@ def driver_source(plan: Plan, kernels: dict, layout: dict) -> tuple[str, dict]:
                     p = padded(n.ins[0].shape, r)
                     p = tuple(1 if d in R else x for d, x in enumerate(p))
                     if not suffix:
-                        lines.append(f"    v{n.id}.fill({reduction_fill(n.op.lower, n.dtype)!r})")
+                        fill = reduction_fill(n.op.lower, n.dtype)
+                        fill = {np.inf: "np.inf", -np.inf: "-np.inf"}.get(fill, repr(fill))
+                        lines.append(f"    v{n.id}.fill({fill})")
                 else:
                     p = padded(n.shape, r)
                 args.append(f"v{n.id}" if tuple(n.shape) == p else f"v{n.id}.reshape({p!r})")
