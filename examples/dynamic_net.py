@@ -77,7 +77,8 @@ comp_losses, comp_ms, step = train(compiled=True)
 agree = all(abs(a - b) <= 1e-3 * max(1.0, abs(a)) for a, b in zip(eager_losses, comp_losses))
 s = step.stats
 print(f"losses agree: {agree}")
-print(f"cache: {s.graphs_compiled} graphs compiled (one per depth 0..3), {s.graph_hits} graph hits, "
+print(f"cache: {s.graphs_compiled} graphs compiled (the first step, which creates the momentum "
+      f"buffers, then one per depth 0..3), {s.graph_hits} graph hits, "
       f"{s.kernels_compiled} kernels compiled, {s.kernel_hits} kernel hits, "
       f"{s.compile_seconds:.1f}s compiling")
 print(f"steady state: eager {eager_ms * 1e3:.3f} ms/step, compiled {comp_ms * 1e3:.3f} ms/step, "

@@ -15,7 +15,7 @@ def _pin_blas_threads() -> None:
     """One BLAS thread by default: on small machines OpenBLAS's spinning pool loses ~100x on
     the small matmuls of training steps when anything else runs (ARCHITECTURE.md, pitfalls).
     FUSEGRAD_BLAS_THREADS=N sets another count; 0 leaves BLAS alone."""
-    n = int(_os.environ.get("FUSEGRAD_BLAS_THREADS", "1"))
+    n = int(_os.environ.get("FUSEGRAD_BLAS_THREADS") or "1")
     if n > 0:
         import numpy  # noqa: F401  (its BLAS must be loaded to be limited)
         from threadpoolctl import threadpool_limits

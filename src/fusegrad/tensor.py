@@ -952,7 +952,7 @@ class Tensor:
                 self._s.v.fill(value.item() if isinstance(value, Tensor) else value)
                 self._s.version += 1
                 return self
-        return self._inplace("fill_", lambda s: s * 0 + value)
+        return self._inplace("fill_", lambda s: _copy_like(full_like(s, value, dtype=s.dtype), s))
 
     def uniform_(self, a=0.0, b=1.0):
         with autograd.no_grad():
