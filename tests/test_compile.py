@@ -64,7 +64,7 @@ def T(a: np.ndarray):
 
 def train_step_fn(model, opt, loss_fn):
     def step(x, y):
-        loss = loss_fn(model(x), y)
+        loss = loss_fn(model(x), y)  # TRAIN-STEP-LOSS
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -165,6 +165,9 @@ def test_mse_step_kernel_count_and_values():
     s = step.stats
     assert (s.calls, s.graphs_compiled, s.graph_hits, s.graph_breaks) == (4, 1, 3, 0)
     assert launched(s) == 4  # graph hits launch kernels but compile/load nothing
+    for name in ("compile_seconds", "trace_seconds", "run_seconds"):
+        assert isinstance(getattr(s, name), float) and getattr(s, name) >= 0.0
+    assert s.compile_seconds > 0.0 and s.trace_seconds > 0.0 and s.run_seconds > 0.0
 
 
 SGD_SHAPES = [(3, 4), (5,), (2, 6), (7,), (4, 2)]
@@ -338,8 +341,18 @@ def test_changing_batch_size_new_graph_zero_new_kernels_and_explain():
     assert_params_close(me, mc)
     text = step.explain()
     assert "(64, 10) -> (32, 10)" in text, text
-    assert re.search(r"input \d+ shape \(64, 10\) -> \(32, 10\)", text), text
+    line = re.search(r"input \d+ shape \(64, 10\) -> \(32, 10\).*", text)
+    assert line, text
+    assert f"{HERE}:{_line_of('TRAIN-STEP-LOSS')}" in line.group(0)  # the user's source line
     assert "2 graphs compiled" in text
+    assert "hint" not in text
+    # a third batch size: still no new kernel, and explain() now suggests bucketing
+    x16, y16 = data(16, (16, 10), (16, 3))
+    assert step(T(x16), T(y16)).item() == pytest.approx(eager(T(x16), T(y16)).item(), rel=1e-5)
+    assert step.stats.kernels_compiled == before["kernels_compiled"]
+    text = step.explain()
+    assert "(64, 10) -> (16, 10)" in text, text
+    assert "hint:" in text and "bucket" in text, text
 
 
 # --------------------------------------------------------------------------- Adam / AdamW
@@ -713,6 +726,11 @@ def test_debug_level_1_prints_new_graphs(monkeypatch, capsys):
     assert "new graph #2" in out, out
     step(x)  # a hit: nothing printed
     assert "new graph" not in capsys.readouterr().out
+    monkeypatch.setenv("FUSEGRAD_DEBUG", "3")  # + graphs, fusion groups, generated source
+    fusegrad.compile(seed_step)(fusegrad.ones(2, 2, requires_grad=True))
+    out = capsys.readouterr().out
+    assert "new graph #1" in out and "fusion groups" in out and "@njit" in out, out
+    assert f"{HERE}:" in out  # graph lines carry the user's source lines
     monkeypatch.setenv("FUSEGRAD_DEBUG", "0")
     fusegrad.compile(seed_step)(fusegrad.ones(2, 2, requires_grad=True))
     assert "[fusegrad]" not in capsys.readouterr().out
