@@ -873,3 +873,34 @@ def test_training_step_with_max_over_the_batch_compiled_matches_eager():
     for _ in range(3):
         assert step(T(xs), T(ys)).item() == pytest.approx(eager(T(xs), T(ys)).item(), rel=1e-5)
     assert_params_close(me, mc)
+
+
+# --------------------------------------------------------------------------- fallback
+def test_fallback_eager_runs_a_graph_that_fails_to_compile(monkeypatch):
+    import fusegrad.fuse as fuse
+
+    real_plan = fuse.plan
+
+    def failing_plan(graph):  # the compiler breaks on this graph (injected)
+        raise fusegrad.CompileError("injected: Numba could not compile kernel fg_test")
+
+    (me, oe), (mc, oc) = mse_setup(seed=97, momentum=0.9)
+    xs, ys = data(98, (8, 10), (8, 3))
+    loss_fn = nn.MSELoss()
+    eager = train_step_fn(me, oe, loss_fn)
+    step = fusegrad.compile(train_step_fn(mc, oc, loss_fn), fallback="eager")
+    strict = fusegrad.compile(seed_step)
+    monkeypatch.setattr(fuse, "plan", failing_plan)
+    with pytest.raises(fusegrad.CompileError, match="injected"):  # default: the error surfaces
+        strict(fusegrad.ones(2, 2, requires_grad=True))
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        for _ in range(3):
+            assert step(T(xs), T(ys)).item() == pytest.approx(eager(T(xs), T(ys)).item(),
+                                                              rel=1e-5)
+    got = [r for r in rec if "fallback" in str(r.message)]
+    assert len(got) == 1 and issubclass(got[0].category, RuntimeWarning)  # warned once
+    assert_params_close(me, mc)
+    monkeypatch.setattr(fuse, "plan", real_plan)  # compiling works again: back to kernels
+    assert step(T(xs), T(ys)).item() == pytest.approx(eager(T(xs), T(ys)).item(), rel=1e-5)
+    assert_params_close(me, mc)
