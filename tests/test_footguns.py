@@ -581,3 +581,70 @@ def test_in_place_write_through_a_view_is_never_silently_lost(name):
         return
     np.testing.assert_array_equal(got, want)
     np.testing.assert_array_equal(npy(base_c), npy(base_e))
+
+
+# --------------------------------------------------------------------------- common patterns
+def test_gradient_clipping_decided_by_this_calls_norm():
+    def make(model, opt):
+        def step(x, y, scale):
+            loss = ((model(x) - y) ** 2).mean() * scale
+            opt.zero_grad()
+            loss.backward()
+            total = sum((p.grad ** 2).sum() for p in model.parameters()).sqrt()
+            coef = 0.5 / (total + 1e-6)
+            if coef < 1:  # graph break: clip only when this call's norm is large
+                for p in model.parameters():
+                    p.grad.mul_(coef)
+            opt.step()
+            return loss, total
+        return step
+
+    xs, ys = batch(61)
+    scales = [10.0, 0.01, 10.0, 0.01]  # clipped, not clipped, ...
+    step = run_both(make, len(scales), args=lambda i: (xs, ys, scales[i]))
+    assert step.stats.graph_breaks == len(scales)
+
+
+def test_tensor_state_rebound_every_call():
+    """An EMA kept by rebinding a tensor (not in place): each call reads the last call's."""
+    store = {}
+
+    def make(model, opt):
+        key = id(model)
+        store[key] = fusegrad.zeros(2)
+
+        def step(x, y):
+            out = model(x)
+            store[key] = store[key] * 0.9 + out.detach().mean(dim=0) * 0.1
+            return sgd_step(model, opt, ((out - y) ** 2).mean()), store[key]
+        return step
+
+    step = run_both(make, 4)
+    assert step.stats.graphs_compiled == 1
+
+
+def test_state_loaded_or_edited_outside_between_calls():
+    (me, oe), (mc, oc) = twins(make_opt=lambda ps: optim.SGD(ps, lr=0.1, momentum=0.9), seed=63)
+
+    def make(model, opt):
+        def step(x, y):
+            return sgd_step(model, opt, ((model(x) - y) ** 2).mean())
+        return step
+
+    eager, step = make(me, oe), fusegrad.compile(make(mc, oc))
+    xs, ys = batch(64)
+    for i in range(6):
+        for m, o in ((me, oe), (mc, oc)):
+            if i == 2:  # optimizer state replaced by load_state_dict
+                o.load_state_dict(o.state_dict())
+            if i == 3:  # model weights replaced
+                m.load_state_dict({k: v * 0.5 for k, v in m.state_dict().items()})
+            if i == 4:  # parameters edited in place
+                with fusegrad.no_grad():
+                    for p in m.parameters():
+                        p.mul_(1.5)
+            if i == 5:  # momentum buffers reset in place
+                for st in o.state.values():
+                    st["momentum_buffer"].zero_()
+        check_same(eager(T(xs), T(ys)), step(T(xs), T(ys)))
+        check_models(me, mc)
