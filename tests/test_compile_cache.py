@@ -265,6 +265,14 @@ def test_folder_others_can_write_is_refused(tmp_path, monkeypatch):
         assert "writable" in str(e.value)
         assert kernel_sources(d) == []  # nothing written to or imported from it
     os.chmod(d, 0o700)
+    if hasattr(os, "geteuid") and os.geteuid() == 0:  # root can hand the folder to another user
+        os.chown(d, 54321, -1)
+        try:
+            with pytest.raises(fusegrad.FusegradError) as e:
+                step(x)
+            assert str(d) in str(e.value) and "another user" in str(e.value), str(e.value)
+        finally:
+            os.chown(d, os.getuid(), -1)
     assert step(x).item() == pytest.approx(want, rel=1e-6)  # usable once the folder is private
     assert len(kernel_sources(d)) >= 1
     assert stat.S_IMODE(os.stat(d).st_mode) == 0o700
