@@ -17,10 +17,15 @@ def summary(row: dict) -> str:
     if row.get("status") != "ok":
         return f"{row['status']}: {row.get('note', '')}"
     text = f"{row['median_s'] * 1e3:.3f} ms/step (min {row['min_s'] * 1e3:.3f})"
-    text += f", first step {row['first_step_s']:.2f} s"
+    text += f", first step {seconds_text(row['first_step_s'])}"
     if "first_step_warm_s" in row:
-        text += f" (warm cache {row['first_step_warm_s']:.2f} s)"
+        text += f" (warm cache {seconds_text(row['first_step_warm_s'])})"
     return text
+
+
+def seconds_text(s: float) -> str:
+    """Short human form: milliseconds below 0.1 s."""
+    return f"{s * 1e3:.2g} ms" if s < 0.1 else f"{s:.2f} s"
 
 
 class PlainProgress:

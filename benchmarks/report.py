@@ -11,6 +11,8 @@ import json
 import sys
 from pathlib import Path
 
+from .progress import seconds_text
+
 COLUMNS = (
     "contender",
     "median ms",
@@ -36,14 +38,10 @@ def _ratio(value: float | None) -> str:
     return "" if value is None else (f"{value:.2f}" if value < 10 else f"{value:.0f}")
 
 
-def _seconds(s: float) -> str:
-    return f"{s * 1e3:.2g} ms" if s < 0.1 else f"{s:.2f} s"
-
-
 def _first_step(r: dict) -> str:
-    text = _seconds(r["first_step_s"])
+    text = seconds_text(r["first_step_s"])
     if "first_step_warm_s" in r:
-        text = f"cold {text}, warm {_seconds(r['first_step_warm_s'])}"
+        text = f"cold {text}, warm {seconds_text(r['first_step_warm_s'])}"
     elif r.get("cache", "").startswith("default"):
         text += ", default cache"
     return text
