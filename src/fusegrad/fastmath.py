@@ -3,58 +3,72 @@
 Why this module exists
 ----------------------
 Inside a Numba ``@njit`` loop, ``np.tanh``/``np.exp``/``np.log``/``math.erf`` on
-a float32 scalar lower to calls into the C math library (the PyPI build of
-llvmlite ships no SVML), so LLVM cannot vectorize any loop that contains
-them.  fusegrad's generated float32 kernels call the functions below instead.
-They are plain float32 arithmetic (Cephes/Eigen-style range reduction plus
-polynomials), selects instead of data-dependent branches, and a few int32
-bit tricks (done by tiny LLVM intrinsics, see ``_bits``/``_from_bits``), so a
-loop such as ``out[i] = tanh_f32(x[i])`` is if-converted and vectorized
-(AVX2: ``<8 x float>``, AVX-512: ``<16 x float>``).  For float64 the code
-generator keeps calling ``math.*`` directly; only float32 is provided here.
-
-The functions take and return one float32 scalar (other numeric inputs are
-first converted to float32), propagate NaN, and are compiled with
-``fastmath=False`` so LLVM never re-associates the carefully ordered
-error-compensating arithmetic (Cody-Waite reduction, Dekker products).
-Division goes through ``_fdiv`` so that it carries no ZeroDivisionError
-check (that check would add a branch and block vectorization when the
-caller uses Numba's default ``error_model='python'``).
+a float32 scalar lower to calls into the C math library (the PyPI llvmlite has
+no SVML), so the loop runs one libm call per element and, for tanh/erf, ~30-70x
+slower than it could.  fusegrad's generated float32 kernels call the functions
+below instead.  They are plain float32 arithmetic (Cephes-style range
+reduction plus polynomials; the erfc/GELU polynomials were fitted for this
+module), selects instead of data-dependent branches (no loops, no early
+returns), and a few int32 bit tricks done by tiny LLVM intrinsics
+(``_bits``/``_from_bits``), so a loop such as ``out[i] = tanh_f32(x[i])`` is
+if-converted and vectorized.  float64 kernels keep calling ``math.*``.
 
 ``F32`` maps op names to function names for the code generator.
 
+Contract
+--------
+* Each function takes one scalar (converted to float32) and returns float32.
+* NaN in -> NaN out; +-inf, +-0 and denormals are handled (see tests).
+* Compiled with ``inline="always"``: Numba inlines the body into the calling
+  kernel, which LLVM needs to vectorize the bigger ones (without it gelu is
+  left as an out-of-line call and the loop stays scalar).  Inlining means the
+  body is compiled with the *caller's* fastmath flags, so the few steps whose
+  rounding order is the algorithm (Cody-Waite reduction, the 1.5*2**23
+  rounding trick, Veltkamp/Dekker splitting, two-step 2**n scaling) go through
+  ``_sadd/_ssub/_smul``: intrinsics whose instructions carry the no-op
+  ``arcp`` flag, which Numba's fastmath pass leaves alone.  A
+  ``fastmath=True`` kernel therefore still gets accurate results for finite
+  inputs (measured <= 5 ulp on normal results), but gives up the inf/NaN
+  guarantees, as fastmath does.
+* Division goes through ``_fdiv``: a plain ``/`` would carry Numba's
+  ZeroDivisionError check under ``error_model='python'``, and that branch
+  stops LLVM from vectorizing the loop.
+* Results are bit-for-bit reproducible across x86-64 machines when the
+  caller uses ``fastmath=False`` (only IEEE float32 add/sub/mul/div, no FMA).
+
 Measured accuracy
 -----------------
-Error against numpy/math float64 results rounded to float32, in float32 ulps
-(ulp of the float32-rounded reference; below FLT_MIN the ulp is 2**-149).
-Measured on all float32 values on a stride-509 grid of bit patterns over
-the whole float32 range (about 8.4 million values), plus 2 million values
-evenly spaced in [-10, 10] (the test suite re-checks the same bounds on a
-smaller sample):
+Error = distance in float32 values (ulps) between the result and the float64
+reference (numpy / libm ``math.erf``, ``math.erfc``) rounded to float32;
+below FLT_MIN one ulp is 2**-149.  Measured EXHAUSTIVELY over all 2**32
+float32 inputs, each function inlined in a ``fastmath=False`` @njit loop
+(x86-64, numba 0.68, llvmlite 0.50):
 
-    function        max error                     notes
-    exp_f32         1 ulp                          x >= 88.73 -> inf, x <= -104 -> 0,
-                                                   denormal results rounded once
-    log_f32         1 ulp                          denormal inputs exact-scaled;
-                                                   log(0) = -inf, log(<0) = nan
-    tanh_f32        2 ulp                          tanh(x) = x for tiny x, +-1 for large
-    sigmoid_f32     2 ulp                          accurate down to denormal results
-    erf_f32         1 ulp
-    gelu_f32        4 ulp  (x >= -13)              relative accuracy also in the
-                    2e-45 absolute below           negative tail (erfc-based, not
-                                                   1 + erf)
-    gelu_grad_f32   4 ulp  away from the root      abs error <= 6e-8 everywhere
-                    x0 = -0.7518 of gelu'
+    exp_f32        1 ulp   inf for x >= 88.72284, 0 for x <= -103.97208, denormal
+                           results rounded once (two-step 2**n scaling)
+    log_f32        1 ulp   also for denormal inputs; log(+-0) = -inf,
+                           log(x<0) = nan, log(inf) = inf
+    tanh_f32       1 ulp   tanh(x) = x for tiny x (odd polynomial below 0.625),
+                           +-1 for |x| >= 9.01, sign of -0 kept
+    sigmoid_f32    2 ulp   e/(1+e) with e = exp(-|x|) for x < 0: no overflow,
+                           tiny results (down to denormals) keep their accuracy
+    erf_f32        1 ulp   max abs error 7.9e-8; +-1 for |x| >= 3.92
+    gelu_f32       5 ulp   everywhere, incl. the negative tail: evaluated as
+                           x/2 * erfc(-x/sqrt2) with exp(-x*x/2) from an exact
+                           (Dekker) x*x, never as 1 + erf (which cancels);
+                           gelu(-inf) = -0, gelu(inf) = inf
+    gelu_grad_f32  5 ulp   everywhere, incl. next to the root x0 = -0.75179 of
+                           gelu' (a (x - x0) * W(x) fit there);
+                           gelu_grad(-inf) = 0, gelu_grad(inf) = 1
 
-These are the numbers measured on x86-64 with the functions compiled in a
-plain ``@njit`` loop.  LLVM may fuse multiply/add into FMA only where the
-surrounding kernel asks for fastmath; results then stay within the bounds
-above in practice but are not bit-identical.
-
-Speed (benchmarks/fastmath_speed.py, 1M float32, 2-core AMD EPYC, AVX-512
-machine): see that script; ``out[i] = tanh_f32(x[i])`` ran about 35x faster
-than ``out[i] = np.tanh(x[i])``, and the loop body is vectorized
-(``<16 x float>`` / ``vfmadd``-free ``vmulps``/``vaddps`` on zmm registers).
+Speed (benchmarks/fastmath_speed.py, 1M float32, 2-core AMD EPYC with
+AVX-512, machine shared with other jobs so ratios are approximate):
+``out[i] = tanh_f32(x[i])`` 0.8 ms vs 24-60 ms for ``np.tanh`` (30-70x);
+erf 16-32x, gelu 12-26x, exp/log/sigmoid 5-20x (glibc expf/logf are already
+fast).  The loop is vectorized: ``<16 x float>`` in the LLVM IR, packed
+``vmulps``/``vaddps`` on zmm registers (``<8 x float>`` on ymm with
+``NUMBA_CPU_NAME=haswell``, where tanh is ~12-18x faster than libm), no libm
+calls left.
 """
 
 from __future__ import annotations
@@ -177,7 +191,6 @@ _ZERO = _f(0.0)
 _HALF = _f(0.5)
 _ONE = _f(1.0)
 _TWO = _f(2.0)
-_QUARTER = _f(0.25)
 _INF = _f(np.inf)
 _NINF = _f(-np.inf)
 _NAN = _f(np.nan)
@@ -215,6 +228,7 @@ _LP8 = _f(3.3333331174e-1)
 
 # tanh: Cephes tanhf odd polynomial for |x| < 0.625, else 1 - 2/(exp(2|x|)+1)
 _TANH_SMALL = _f(0.625)
+_TANH_CLAMP = _f(10.0)
 _TP0 = _f(-5.70498872745e-3)
 _TP1 = _f(2.06390887954e-2)
 _TP2 = _f(-5.37397155531e-2)
@@ -263,6 +277,26 @@ _GS2 = _f(0.05989622324705124)
 _GS3 = _f(-0.009840174578130245)
 _GS4 = _f(0.00179396104067564)
 
+# -2 <= x <= -0.5: gelu'(x) = (x - x0) * W(x), x0 = -0.75179152469356... the
+# root of gelu' (split in two float32s), W a relative-minimax fit in (x + 1.25)
+# (0.35 ulp).  Keeps gelu' accurate to a few ulp even next to its root, where
+# Phi(x) + x phi(x) cancels.
+_GGR_LO = _f(-2.0)
+_GGR_HI = _f(-0.5)
+_GG_X0_HI = _f(-0.7517915368080139)
+_GG_X0_LO = _f(1.211444988769017e-08)
+_GG_C = _f(-1.25)
+_GW0 = _f(0.24620532989501953)
+_GW1 = _f(0.3337886929512024)
+_GW2 = _f(0.11146774142980576)
+_GW3 = _f(-0.050982534885406494)
+_GW4 = _f(-0.04019780457019806)
+_GW5 = _f(8.402320963796228e-05)
+_GW6 = _f(0.006382361985743046)
+_GW7 = _f(0.0010690060444176197)
+_GW8 = _f(-0.0005713310092687607)
+_GW9 = _f(-0.00017817031766753644)
+
 _ERF_SMALL = _f(1.0)
 _ERF_CLAMP = _f(10.0)  # erfc(10) = 2e-45: erf is exactly +-1 beyond
 _GELU_CLAMP = _f(15.0)  # |x| >= 15: gelu(x) = x or -0, gelu'(x) = 1 or -0
@@ -305,13 +339,9 @@ def _sq_err(a):
     c = _SPLIT * a
     hi = _ssub(c, _ssub(c, a))
     lo = _ssub(a, hi)
-    p = a * a
-    return ((hi * hi - p) + (hi * lo + hi * lo)) + lo * lo
-
-
-# ---------------------------------------------------------------------------
-# Public functions
-# ---------------------------------------------------------------------------
+    p = _smul(a, a)
+    hl = _smul(hi, lo)
+    return _sadd(_sadd(_ssub(_smul(hi, hi), p), _sadd(hl, hl)), _smul(lo, lo))
 
 
 @_jit
@@ -327,7 +357,7 @@ def _exp_hilo(x, lo, k):
     xc = lo_clamp if xc < lo_clamp else xc
     t = xc * _LOG2E + _MAGIC  # round(x / ln2) lives in the low mantissa bits
     n = _ssub(t, _MAGIC)
-    r = _ssub(_ssub(xc, _smul(n, _LN2_HI)), _smul(n, _LN2_LO)) + lo
+    r = _sadd(_ssub(_ssub(xc, _smul(n, _LN2_HI)), _smul(n, _LN2_LO)), lo)
     p = _EP0
     p = p * r + _EP1
     p = p * r + _EP2
@@ -345,9 +375,14 @@ def _exp_hilo(x, lo, k):
     return _smul(_smul(y, s1), s2)
 
 
+# ---------------------------------------------------------------------------
+# Public functions
+# ---------------------------------------------------------------------------
+
+
 @_jit
 def exp_f32(x):
-    """exp(x) in float32, <= 1 ulp; inf above 88.72, 0 below -103.97."""
+    """exp(x) in float32, <= 1 ulp; inf from 88.72284, 0 from -103.97208 down."""
     return _exp_hilo(np.float32(x), _NZERO, 0)  # adding -0.0 folds away
 
 
@@ -387,7 +422,7 @@ def log_f32(x):
 
 @_jit
 def tanh_f32(x):
-    """tanh in float32, <= 2 ulp; odd polynomial near 0, exp-based elsewhere."""
+    """tanh in float32, <= 1 ulp; odd polynomial near 0, exp-based elsewhere."""
     x = np.float32(x)
     a = abs(x)
     z = a * a
@@ -397,8 +432,9 @@ def tanh_f32(x):
     p = p * z + _TP3
     p = p * z + _TP4
     small = p * z * a + a
-    e = exp_f32(a + a)  # inf for large a -> 2/inf = 0 -> 1
-    large = _ONE - _fdiv(_TWO, e + _ONE)
+    ac = _TANH_CLAMP if a > _TANH_CLAMP else a  # no inf even for huge |x|
+    e = exp_f32(ac + ac)
+    large = _ONE - _fdiv(_TWO, e + _ONE)  # rounds to exactly 1 for |x| >= 9.01
     r = small if a < _TANH_SMALL else large  # NaN -> large -> NaN
     return np.float32(np.copysign(r, x))
 
@@ -435,9 +471,10 @@ def erf_f32(x):
 
 @_jit
 def gelu_f32(x):
-    """Exact-erf GELU x * Phi(x) = 0.5 x (1 + erf(x/sqrt2)) in float32.
+    """Exact-erf GELU x * Phi(x) = 0.5 x (1 + erf(x/sqrt2)) in float32, <= 5 ulp.
 
-    Evaluated through erfc so the negative tail keeps relative accuracy.
+    Polynomial for |x| < 0.5, else through erfc so the negative tail keeps
+    its relative accuracy.
     """
     x = np.float32(x)
     xc = -_GELU_CLAMP if x < -_GELU_CLAMP else x
@@ -446,7 +483,7 @@ def gelu_f32(x):
     # ex = exp(-x^2/2) with x^2 = a*a + err exactly; h * ex = erfc(a/sqrt2)
     ex = _exp_hilo(-(_HALF * (a * a)), -(_HALF * _sq_err(a)), 0)
     hh = _HALF * _tail_h(a)
-    neg = (xc * hh) * ex  # x * Phi(x) = x/2 * erfc(|x|/sqrt2) for x < 0
+    neg = _smul(xc * hh, ex)  # x Phi(x) = x/2 erfc(|x|/sqrt2), x < 0; ex last
     pos = x * (_ONE - hh * ex)
     z = x * x
     p = _GR3
@@ -460,7 +497,7 @@ def gelu_f32(x):
 
 @_jit
 def gelu_grad_f32(x):
-    """d/dx of exact GELU: Phi(x) + x * phi(x), in float32."""
+    """d/dx of exact GELU, Phi(x) + x * phi(x), in float32, <= 5 ulp."""
     x = np.float32(x)
     xc = -_GELU_CLAMP if x < -_GELU_CLAMP else x
     xc = _GELU_CLAMP if xc > _GELU_CLAMP else xc
@@ -479,5 +516,18 @@ def gelu_grad_f32(x):
     p = p * z + _GS1
     p = p * z + _GS0
     small = _HALF + xc * p
+    w = xc - _GG_C
+    q = _GW9
+    q = q * w + _GW8
+    q = q * w + _GW7
+    q = q * w + _GW6
+    q = q * w + _GW5
+    q = q * w + _GW4
+    q = q * w + _GW3
+    q = q * w + _GW2
+    q = q * w + _GW1
+    q = q * w + _GW0
+    root = _ssub(_ssub(xc, _GG_X0_HI), _GG_X0_LO) * q
     r = neg if xc < _ZERO else pos
+    r = root if (xc >= _GGR_LO) & (xc <= _GGR_HI) else r
     return small if a < _GELU_SMALL else r
