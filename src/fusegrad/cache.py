@@ -19,7 +19,18 @@ import tempfile
 from .errors import FusegradError
 
 MARKER = "# ---- kernel code (the file name is the sha256 of what follows) ----\n"
+def _lib_version() -> str:
+    """Hash of the scalar libraries kernels inline: Numba's cache does not track them."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    h = hashlib.sha256()
+    for f in ("fastmath.py", "kernellib.py"):
+        with open(os.path.join(here, f), "rb") as fh:
+            h.update(fh.read())
+    return h.hexdigest()[:16]
+
+
 PRELUDE = (
+    f"# fusegrad kernel library {_lib_version()}\n"
     "import math\nimport numpy as np\nfrom numba import njit, prange\n"
     "from fusegrad.kernellib import *  # noqa: F401,F403\n\n"
 )
