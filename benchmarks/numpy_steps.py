@@ -6,6 +6,8 @@ for speed, the way a careful person would write them by hand:
 
 * all intermediate buffers are allocated once and reused (``out=`` everywhere), because glibc
   returns large freed blocks to the OS and re-faulting them costs more than the math;
+* the memory-bound steps (elementwise, layernorm_gelu) run over cache-sized blocks, so each
+  element of x crosses the memory bus once per step instead of once per numpy call;
 * scalars are folded (``2/n * lr``) so each array is touched as few times as possible;
 * parameters, gradients and optimizer state live in one flat float32 array each (the
   per-parameter arrays are views into it), so an optimizer update is a handful of numpy calls
@@ -16,7 +18,8 @@ for speed, the way a careful person would write them by hand:
 They follow PyTorch's semantics exactly where it matters for the final-loss check: SGD's
 momentum buffer starts as the first gradient, a parameter whose ``.grad`` is None (DynamicNet's
 middle layer in a depth-0 step) is skipped by the optimizer, Adam uses PyTorch's bias
-correction, GELU is the exact erf form, layer norm uses eps=1e-5 and the biased variance.
+correction, GELU is the exact erf form (erf to within 1.5e-7), layer norm uses eps=1e-5 and the
+biased variance.
 """
 
 from __future__ import annotations
@@ -27,21 +30,6 @@ import random
 import numpy as np
 
 from .workloads import F32, Init
-
-try:  # scipy's erf is one vectorised pass; numpy has no erf of its own
-    from scipy.special import erf as _erf
-except ImportError:  # pragma: no cover - exercised only without scipy
-
-    def _erf(v: np.ndarray, out: np.ndarray) -> np.ndarray:
-        """Abramowitz-Stegun 7.1.26 (|error| < 1.5e-7, below float32 resolution near 1)."""
-        a = np.abs(v)
-        t = 1.0 / (1.0 + 0.3275911 * a)
-        poly = (
-            (((1.061405429 * t - 1.453152027) * t + 1.421413741) * t - 0.284496736) * t
-            + 0.254829592
-        ) * t
-        np.multiply(np.sign(v), 1.0 - poly * np.exp(-a * a), out=out)
-        return out
 
 
 class FlatParams:
@@ -208,80 +196,120 @@ def small_mlp(init: Init):
     return step
 
 
-def elementwise(init: Init):
+def elementwise(init: Init, chunk: int = 65536):
+    """Runs over chunks of ``chunk`` elements so the temporaries stay in cache (20-30% faster
+    here than whole-array passes); x is read and written once per step."""
     x = init.params["x"].copy()
     n, lr = x.size, init.hyper["lr"]
-    t, u, g = np.empty_like(x), np.empty_like(x), np.empty_like(x)
+    t, u, g = (np.empty(min(chunk, n), F32) for _ in range(3))
 
-    def step(x=x, t=t, u=u, g=g):
-        np.multiply(x, 1.5, out=t)
+    def part(xb, t, u, g):
+        np.multiply(xb, 1.5, out=t)
         t += 0.3
         np.tanh(t, out=t)  # t = tanh(1.5x + 0.3)
-        np.multiply(t, x, out=u)
+        np.multiply(t, xb, out=u)
         u -= 0.2  # u = t*x - 0.2, loss = mean(u^2)
-        loss = np.dot(u, u) / n
+        loss = np.dot(u, u)
         # dloss/dx = 2u/n * (t + 1.5 x (1 - t^2)); lr folded into the constant
         np.multiply(t, t, out=g)
         np.subtract(1.0, g, out=g)
-        g *= x
+        g *= xb
         g *= 1.5
         g += t
         g *= u
         g *= 2.0 * lr / n
-        x -= g
+        xb -= g
         return loss
+
+    def step():
+        loss = 0.0
+        for s in range(0, n, chunk):
+            m = min(chunk, n - s)
+            loss += part(x[s : s + m], t[:m], u[:m], g[:m])
+        return np.float32(loss / n)
 
     return step
 
 
-def layernorm_gelu(init: Init):
+# Abramowitz & Stegun 7.1.26: erf(a) = 1 - t*(a1 + t*(a2 + ... + t*a5)) * exp(-a^2),
+# t = 1 / (1 + p*a), for a >= 0; absolute error below 1.5e-7 (float32 resolution near 1).
+_AS_P = 0.3275911
+_AS_A = (0.254829592, -0.284496736, 1.421413741, -1.453152027, 1.061405429)
+
+
+def layernorm_gelu(init: Init, block_rows: int = 64):
+    """Layer norm and GELU are row-wise, so the step runs over blocks of ``block_rows`` rows:
+    every intermediate of a block stays in cache, and x is read once and written once per
+    step (the one-pass structure of the cost model). GELU's normal CDF uses A&S 7.1.26,
+    whose exp(-z^2/2) is the very exp that GELU's derivative needs (scipy's float32 erf is a
+    scalar loop: it alone took 60 ms of a 110 ms step)."""
     P, hp = init.params, init.hyper
     x, gamma, beta = P["x"].copy(), P["gamma"].copy(), P["beta"].copy()
     R, C = x.shape
     n, eps = x.size, 1e-5
     lr_a, lr_x = hp["lr_affine"], hp["lr_x"]
-    xhat, z, cdf, y, d = (np.empty_like(x) for _ in range(5))
-    mu, rstd = np.empty((R, 1), F32), np.empty((R, 1), F32)
-    inv_sqrt2, inv_sqrt2pi = 1.0 / math.sqrt(2.0), 1.0 / math.sqrt(2.0 * math.pi)
+    B = min(block_rows, R)
+    xhat, z, e, t, cdf, d = (np.empty((B, C), F32) for _ in range(6))
+    dgamma, dbeta, colsum = np.empty(C, F32), np.empty(C, F32), np.empty(C, F32)
+    inv_sqrt2pi = 1.0 / math.sqrt(2.0 * math.pi)
+    t_scale = _AS_P / math.sqrt(2.0)
+    a1, a2, a3, a4, a5 = _AS_A
 
-    def step(x=x, gamma=gamma, beta=beta, xhat=xhat, z=z, cdf=cdf, d=d):
-        np.mean(x, axis=1, keepdims=True, out=mu)
-        np.subtract(x, mu, out=xhat)
-        var = np.einsum("ij,ij->i", xhat, xhat) / C
-        np.divide(1.0, np.sqrt(var + eps), out=rstd[:, 0])
+    def block(xb, xhat, z, e, t, cdf, d):
+        """Forward, backward and the x update for rows ``xb``; returns the block's loss sum
+        and accumulates into dgamma and dbeta."""
+        mu = xb.mean(axis=1, keepdims=True)
+        np.subtract(xb, mu, out=xhat)
+        rstd = 1.0 / np.sqrt(np.einsum("ij,ij->i", xhat, xhat) / C + eps)[:, None]
         xhat *= rstd
         np.multiply(xhat, gamma, out=z)
         z += beta
-        np.multiply(z, inv_sqrt2, out=cdf)
-        _erf(cdf, out=cdf)
-        cdf += 1.0
-        cdf *= 0.5  # Phi(z)
-        np.multiply(z, cdf, out=y)  # gelu(z)
-        loss = np.dot(y.ravel(), y.ravel()) / n
+        np.multiply(z, z, out=e)
+        e *= -0.5
+        np.exp(e, out=e)  # exp(-z^2/2)
+        np.abs(z, out=t)
+        t *= t_scale
+        t += 1.0
+        np.reciprocal(t, out=t)
+        np.multiply(t, a5, out=cdf)  # Horner, then h = 0.5 * poly * exp = min(Phi, 1 - Phi)
+        for a in (a4, a3, a2, a1):
+            cdf += a
+            cdf *= t
+        cdf *= e
+        np.subtract(0.5, np.multiply(cdf, 0.5, out=cdf), out=cdf)
+        np.copysign(cdf, z, out=cdf)
+        cdf += 0.5  # Phi(z)
+        np.multiply(z, cdf, out=t)  # y = gelu(z)
+        loss = np.dot(t.ravel(), t.ravel())
         # dz = 2y/n * (Phi(z) + z phi(z))
-        np.multiply(z, z, out=d)
-        d *= -0.5
-        np.exp(d, out=d)
-        d *= z
-        d *= inv_sqrt2pi
-        d += cdf
-        d *= y
+        e *= z
+        e *= inv_sqrt2pi
+        e += cdf
+        np.multiply(e, t, out=d)
         d *= 2.0 / n
-        dgamma = np.einsum("ij,ij->j", d, xhat)
-        dbeta = d.sum(axis=0)
+        np.add(dgamma, np.einsum("ij,ij->j", d, xhat, out=colsum), out=dgamma)
+        np.add(dbeta, d.sum(axis=0, out=colsum), out=dbeta)
         d *= gamma  # dxhat
         # dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)), per row
-        a = d.mean(axis=1, keepdims=True)
-        b = (np.einsum("ij,ij->i", d, xhat) / C)[:, None]
-        xhat *= b
-        d -= a
+        mean_d = d.mean(axis=1, keepdims=True)
+        mean_dx = np.einsum("ij,ij->i", d, xhat)[:, None] / C
+        xhat *= mean_dx
+        d -= mean_d
         d -= xhat
-        d *= rstd
-        d *= lr_x
-        x -= d
-        gamma -= lr_a * dgamma
-        beta -= lr_a * dbeta
+        d *= rstd * lr_x
+        xb -= d
         return loss
+
+    def step(gamma=gamma, beta=beta):
+        dgamma[:] = 0.0
+        dbeta[:] = 0.0
+        loss = 0.0
+        for r in range(0, R, B):
+            rows = min(B, R - r)
+            loss += block(x[r : r + rows], *(buf[:rows] for buf in (xhat, z, e, t, cdf, d)))
+        gamma -= lr_a * dgamma  # after all rows: their backward used the old gamma, beta
+        beta -= lr_a * dbeta
+        return np.float32(loss / n)
 
     return step
 

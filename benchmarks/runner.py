@@ -309,7 +309,8 @@ def run_suite(
         timeout or (240.0 if quick else 600.0),
         torch_threads or os.cpu_count() or 1,
     )
-    notes = [n for n in [load_note(settings.torch_threads)] if n]
+    uses_torch = any(c.modules == ("torch",) for c in cs)
+    notes = [n for n in [load_note(settings.torch_threads if uses_torch else 1)] if n]
     progress.message("measuring machine limits (bandwidth, GEMM)...")
     limits = measure_limits(quick)
     progress.message(
