@@ -271,12 +271,32 @@ def add_ratios(rows: list[dict], bound_s: float) -> None:
         r["vs_bound"] = r["median_s"] / bound_s
 
 
-def load_note(torch_threads: int) -> str | None:
-    """A warning for the report when other processes were using the CPU at the start."""
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    if load <= 0.5:
+def cpu_busy(seconds: float = 0.5) -> float | None:
+    """Fraction of all cores busy during ``seconds`` (Linux /proc/stat), else None.
+    Unlike the load average it does not remember the previous minute (our own last run)."""
+
+    def sample():
+        with open("/proc/stat") as f:
+            values = [int(v) for v in f.readline().split()[1:]]
+        return values[3] + values[4], sum(values)  # idle + iowait, total
+
+    try:
+        idle0, total0 = sample()
+        time.sleep(seconds)
+        idle1, total1 = sample()
+    except (OSError, ValueError, IndexError):
         return None
-    note = f"load average {load:.2f} at start: other processes use the CPU, timings are noisy"
+    return 1.0 - (idle1 - idle0) / max(1, total1 - total0)
+
+
+def load_note(torch_threads: int) -> str | None:
+    """A warning for the report when other processes are using the CPU at the start."""
+    busy = cpu_busy()
+    if busy is None:  # not Linux: fall back to the 1-minute load average
+        busy = (os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0) / (os.cpu_count() or 1)
+    if busy <= 0.15:
+        return None
+    note = f"CPU {busy:.0%} busy with other processes at start: timings are noisy"
     if torch_threads > 1:
         note += (
             f"; torch with {torch_threads} threads (spinning OpenMP pool) can lose 10-100x "
