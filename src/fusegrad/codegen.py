@@ -54,6 +54,15 @@ def _index(shape: tuple, loop: tuple, reduced: tuple = ()) -> str:
     return ", ".join(idx) + ("," if len(idx) == 1 else "")
 
 
+def reduce_layout(step: Step) -> tuple[tuple, bool]:
+    """(reduced loop dims, whether they are a suffix of the loop nest) of a loop step."""
+    r = len(loop_shape(step))
+    R = tuple(step.reduce_dims) if step.reductions else ()
+    if not step.shape and step.reductions:
+        R = (0,)
+    return R, R == tuple(range(r - len(R), r))
+
+
 def kernel_source(step: Step) -> tuple[str, str]:
     """(header comment, body) of a loop step's kernel; the body names the function KNAME."""
     loop = loop_shape(step)
@@ -62,10 +71,7 @@ def kernel_source(step: Step) -> tuple[str, str]:
     scalars = [n for n in step.inputs if n.op == "scalar"]
     outs = step.outputs
     red_ids = {n.id for n in step.reductions}
-    R = tuple(step.reduce_dims) if step.reductions else ()
-    if not step.shape and step.reductions:
-        R = (0,)
-    suffix = R == tuple(range(r - len(R), r))
+    R, suffix = reduce_layout(step)
     kept = r - len(R) if suffix else 0
 
     name = {}
@@ -196,7 +202,6 @@ def driver_source(plan: Plan, kernels: dict, layout: dict) -> tuple[str, dict]:
     ``kernels`` maps step index -> kernel name; ``layout`` maps node id -> buffer slot in B
     (absent: allocate fresh each call, because the array leaves to the caller).
     """
-    g = plan.graph
     env: dict = {"np": np}
     lines = ["def run(A, S, B):"]
     leaving = set(plan.outputs)
@@ -223,10 +228,7 @@ def driver_source(plan: Plan, kernels: dict, layout: dict) -> tuple[str, dict]:
                 args.append(f"v{n.id}" if tuple(n.shape) == p else f"v{n.id}.reshape({p!r})")
             args += [f"v{n.id}" for n in s.inputs if n.op == "scalar"]
             red = {n.id for n in s.reductions}
-            R = s.reduce_dims if s.reductions else ()
-            if not s.shape and s.reductions:
-                R = (0,)
-            suffix = tuple(R) == tuple(range(r - len(R), r))
+            R, suffix = reduce_layout(s)
             for n in s.outputs:
                 lines.append(f"    v{n.id} = {buf(n)}")
                 if n.id in red:

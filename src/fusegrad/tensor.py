@@ -100,8 +100,6 @@ def _eager(op, args, attrs):
             for i, a in enumerate(arrays):
                 if type(a) is np.ndarray and a.dtype != cd.np:
                     arrays[i] = a.astype(cd.np)
-                elif type(a) is float and not cd.is_floating_point:
-                    pass
     try:
         r = op.eager(*arrays, **attrs)
     except (ValueError, TypeError, IndexError) as e:

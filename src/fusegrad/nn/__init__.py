@@ -2,52 +2,7 @@
 
 from fusegrad.tensor import Parameter
 
-from . import functional, init
-from .modules import (
-    GELU,
-    CrossEntropyLoss,
-    Dropout,
-    Flatten,
-    Identity,
-    L1Loss,
-    LayerNorm,
-    Linear,
-    LogSoftmax,
-    Module,
-    ModuleDict,
-    ModuleList,
-    MSELoss,
-    NLLLoss,
-    ReLU,
-    Sequential,
-    Sigmoid,
-    SiLU,
-    Softmax,
-    Tanh,
-)
+from . import functional, init, modules
+from .modules import *  # noqa: F403  (the layer and loss classes; modules.__all__ lists them)
 
-__all__ = [
-    "Parameter",
-    "functional",
-    "init",
-    "Module",
-    "Sequential",
-    "ModuleList",
-    "ModuleDict",
-    "Identity",
-    "Linear",
-    "ReLU",
-    "Tanh",
-    "Sigmoid",
-    "GELU",
-    "SiLU",
-    "Softmax",
-    "LogSoftmax",
-    "Flatten",
-    "LayerNorm",
-    "Dropout",
-    "MSELoss",
-    "L1Loss",
-    "NLLLoss",
-    "CrossEntropyLoss",
-]
+__all__ = ["Parameter", "functional", "init", *modules.__all__]
