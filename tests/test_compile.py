@@ -269,6 +269,35 @@ def test_dynamic_net_structure_counting_without_optimizer_state():
     assert step.stats.kernels_compiled <= launched(step.stats)
 
 
+def test_graph_hits_follow_known_graphs_without_shape_rules_or_source_lookups(monkeypatch):
+    # A cache hit replays the recording against the known graph: no op's shape rule runs and
+    # no source line is looked up. Depths alternate so the tracer must switch between known
+    # graphs that share a prefix (and fall off one when a depth is new).
+    import fusegrad.trace as trace_mod
+
+    ((me, oe), (mc, oc)), xs, ys = dynamic_setup(momentum=0.0, seed=5)
+    crit = nn.MSELoss(reduction="sum")
+    eager = train_step_fn(me, oe, crit)
+    step = fusegrad.compile(train_step_fn(mc, oc, crit))
+    depths = [1, 2, 1, 3, 2, 3, 1, 0, 0, 2]
+    lookups = []
+    real_site = trace_mod.user_site
+    monkeypatch.setattr(trace_mod, "user_site", lambda: lookups.append(1) or real_site())
+    le, lc, per_call = [], [], []
+    for d in depths:
+        monkeypatch.setattr(random, "randint", lambda a, b, d=d: d)
+        le.append(eager(T(xs), T(ys)).item())
+        before = len(lookups)
+        lc.append(step(T(xs), T(ys)).item())
+        per_call.append(len(lookups) - before)
+    np.testing.assert_allclose(lc, le, rtol=1e-4)
+    assert_params_close(me, mc)
+    new = [d not in depths[:i] for i, d in enumerate(depths)]
+    assert step.stats.graphs_compiled == sum(new)
+    for d, is_new, n in zip(depths, new, per_call, strict=True):
+        assert (n > 0) == is_new, (d, is_new, n)
+
+
 # --------------------------------------------------------------------------- runtime inputs
 def test_changing_lr_via_param_groups_does_not_recompile():
     (me, oe), (mc, oc) = mse_setup(seed=11, momentum=0.9)

@@ -84,7 +84,7 @@ class CompiledFunction:
         self.stats.calls += 1
         t0 = time.perf_counter()
         c0, r0 = self.stats.compile_seconds, self.stats.run_seconds
-        tracer = Tracer(self._run_graph, self.verify)
+        tracer = Tracer(self._run_graph, self.verify, self.graphs)
         tracer.final = False
         T.TRACER[0] = tracer
         try:
@@ -217,10 +217,10 @@ def _diff_text(g: Graph, earlier: list) -> str:
     """What differs between g and the closest earlier graph (the longest common prefix)."""
     if not earlier:
         return "first graph"
-    keys = g.key[0]
+    keys = g.key.t[0]
 
     def common(h):
-        k = h.key[0]
+        k = h.key.t[0]
         i = 0
         while i < min(len(k), len(keys)) and k[i] == keys[i]:
             i += 1
@@ -228,7 +228,7 @@ def _diff_text(g: Graph, earlier: list) -> str:
 
     best = max(earlier, key=common)
     i = common(best)
-    k_old = best.key[0]
+    k_old = best.key.t[0]
     if i == len(keys) == len(k_old):
         return "same ops; outputs or in-place writes differ"
     new = g.nodes[i] if i < len(g.nodes) else None

@@ -32,6 +32,7 @@ class Executable:
 
     def __init__(self, plan: Plan, stats, verify: bool = False):
         self.plan = plan
+        self.graph = plan.graph
         self.stats = stats
         self.kernels = {}  # step index -> (dispatcher, name, path, step)
         self.sources = []

@@ -75,47 +75,111 @@ class Graph:
         return "\n".join(lines)
 
 
-class Tracer:
-    """Records ops for one compiled call; ``realize`` hands graphs to ``runner(graph, ...)``."""
+class Signature:
+    """A graph's key: a tuple whose hash is computed once (tuples recompute theirs per lookup)."""
 
-    def __init__(self, runner, verify: bool = False):
+    __slots__ = ("t", "h")
+
+    def __init__(self, t: tuple):
+        self.t = t
+        self.h = hash(t)
+
+    def __hash__(self) -> int:
+        return self.h
+
+    def __eq__(self, other) -> bool:
+        return self is other or (type(other) is Signature and self.h == other.h and self.t == other.t)
+
+
+class Tracer:
+    """Records ops for one compiled call; ``realize`` hands graphs to ``runner(graph, ...)``.
+
+    ``known`` holds the graphs compiled so far (an ordered mapping of signature -> object with
+    a ``graph``, most recently used last). While the recording matches one of them node for
+    node, ``record`` reuses that graph's nodes: no shape rule runs, no source line is looked up
+    and no key is built, so a cache hit costs a few comparisons per op. At the first node that
+    differs, the key of the matching prefix is taken from the known graph and recording goes on
+    the slow way.
+    """
+
+    def __init__(self, runner, verify: bool = False, known=None):
         self.runner = runner  # fn(graph, arrays, scalars) -> list of output arrays
         self.verify = verify
+        self.known = {} if known is None or verify else known
         self._reset()
 
     def _reset(self):
         self.nodes: list[Node] = []
-        self.keys: list[tuple] = []
+        self.keys: list[tuple] | None = None  # None while following self.exp
         self.arrays: list[np.ndarray] = []
         self.scalars: list = []
         self.by_store: dict[int, Node] = {}
         self.keep: list = []  # stores bound as inputs stay alive while the graph is pending
         self.live: list = []  # weakrefs to stores holding lazy nodes
         self.mutated: dict[int, tuple] = {}  # id(store) -> (store, input node)
+        self.exp = None  # the known graph being followed
+        if self.known:
+            self.exp = next(reversed(self.known.values())).graph
+        else:
+            self.keys = []
+
+    # ---- following a known graph
+    def _expected(self, match) -> Node | None:
+        """The known node at this position if ``match(node)`` holds, switching to another known
+        graph with the same prefix if need be; None (and the slow path from now on) otherwise."""
+        i = len(self.nodes)
+        exp = self.exp
+        if i < len(exp.nodes) and match(exp.nodes[i]):
+            return exp.nodes[i]
+        prefix = exp.key.t[0][:i]
+        for other in reversed(self.known.values()):
+            g = other.graph
+            if g is not exp and i < len(g.nodes) and g.key.t[0][:i] == prefix and match(g.nodes[i]):
+                self._switch(g)
+                return g.nodes[i]
+        self.keys = list(prefix)
+        self.exp = None
+        return None
+
+    def _switch(self, g: Graph):
+        """Follow g from here on: its nodes replace the (equal) ones recorded so far."""
+        i = len(self.nodes)
+        self.nodes = list(g.nodes[:i])
+        self.by_store = {k: g.nodes[n.id] for k, n in self.by_store.items()}
+        self.mutated = {k: (s, g.nodes[n.id]) for k, (s, n) in self.mutated.items()}
+        self.exp = g
 
     # ---- recording
     def _input(self, store) -> Node:
         n = self.by_store.get(id(store))
         if n is None:
             arr = store.v
-            n = Node("input", (), {"k": len(self.arrays)}, arr.shape, T._NP2FG[arr.dtype],
-                     len(self.nodes), None)
+            dtype = T._NP2FG[arr.dtype]
+            n = None
+            if self.exp is not None:
+                n = self._expected(lambda e: e.op == "input" and e.shape == arr.shape and e.dtype is dtype)
+            if n is None:
+                n = Node("input", (), {"k": len(self.arrays)}, arr.shape, dtype, len(self.nodes), None)
+                self.keys.append(("input", arr.shape, dtype.name))
             if self.verify:
                 n.shadow = np.array(arr, copy=True)
             self.arrays.append(arr)
             self.nodes.append(n)
-            self.keys.append(("input", arr.shape, n.dtype.name))
             self.by_store[id(store)] = n
             self.keep.append(store)
         return n
 
     def _scalar(self, value) -> Node:
-        n = Node("scalar", (), {"k": len(self.scalars), "type": type(value).__name__}, (), None,
-                 len(self.nodes), None)
+        kind = type(value).__name__
+        n = None
+        if self.exp is not None:
+            n = self._expected(lambda e: e.op == "scalar" and e.attrs["type"] == kind)
+        if n is None:
+            n = Node("scalar", (), {"k": len(self.scalars), "type": kind}, (), None, len(self.nodes), None)
+            self.keys.append(("scalar", kind))
         n.shadow = value
         self.scalars.append(value)
         self.nodes.append(n)
-        self.keys.append(("scalar", n.attrs["type"]))
         return n
 
     def node_of(self, a):
@@ -128,14 +192,21 @@ class Tracer:
 
     def record(self, op, args, attrs):
         ins = tuple(self.node_of(a) for a in args)
-        infer_args = tuple(n if n.op != "scalar" else n.shadow for n in ins)
-        shape, dtype = op.infer(infer_args, attrs)
-        shape = tuple(shape)
-        n = Node(op, ins, attrs, shape, dtype, len(self.nodes), user_site())
+        n = None
+        if self.exp is not None:
+            ids = tuple(i.id for i in ins)
+            n = self._expected(lambda e: e.op is op and tuple(i.id for i in e.ins) == ids and e.attrs == attrs)
+        if n is None:
+            if self.known:  # a tensor may still hold the equal node of a graph followed earlier
+                ins = tuple(self.nodes[i.id] for i in ins)
+            infer_args = tuple(i if i.op != "scalar" else i.shadow for i in ins)
+            shape, dtype = op.infer(infer_args, attrs)
+            shape = tuple(shape)
+            n = Node(op, ins, attrs, shape, dtype, len(self.nodes), user_site())
+            self.keys.append((op.name, tuple(i.id for i in ins), _freeze(attrs), shape, dtype.name))
+            if self.verify:
+                n.shadow = _shadow_eval(op, ins, attrs)
         self.nodes.append(n)
-        self.keys.append((op.name, tuple(i.id for i in ins), _freeze(attrs), shape, dtype.name))
-        if self.verify:
-            n.shadow = _shadow_eval(op, ins, attrs)
         store = T.Store(n)
         self.live.append(weakref.ref(store))
         return T._wrap_store(store)
@@ -179,10 +250,16 @@ class Tracer:
         mutations = []
         for store, inp in self.mutated.values():
             v = store.v
-            if type(v) is Node and v is not inp:
+            if type(v) is Node and v.id != inp.id:
                 mutations.append((inp.id, v.id))
-        key = (tuple(self.keys), tuple(outs), tuple(mutations))
-        graph = Graph(self.nodes, outs, mutations, key)
+        exp = self.exp
+        if exp is not None and len(self.nodes) == len(exp.nodes) and outs == exp.outputs \
+                and mutations == exp.mutations:
+            graph = exp
+        else:
+            keys = self.keys if exp is None else exp.key.t[0][:len(self.nodes)]
+            key = Signature((tuple(keys), tuple(outs), tuple(mutations)))
+            graph = Graph(self.nodes, outs, mutations, key)
         arrays, scalars, mutated = self.arrays, self.scalars, list(self.mutated.values())
         self._reset()  # tracing continues on a fresh graph, even if running fails
         for store, inp in mutated:
