@@ -9,8 +9,10 @@ calls kernels and BLAS in order; generating it avoids an interpreter loop per ca
 
 from __future__ import annotations
 
+import inspect
 import math
 import re
+import textwrap
 
 import numpy as np
 
@@ -151,6 +153,46 @@ def kernel_source(step: Step) -> tuple[str, str]:
     return f"# ops: {chain}\n", src
 
 
+def update_source(step: Step) -> tuple[str, str]:
+    """(header, body) of an update step's kernel: the op's ``elem`` over each parameter.
+
+    The element function's source is copied into the kernel, so the kernel's hash (its cache
+    file name) changes when the formula does. Scalars are cast once to each parameter's dtype;
+    flags are literals. Arrays arrive in their own shapes and are walked flat (written ones are
+    contiguous, which the tracer checks).
+    """
+    (n,) = step.nodes
+    op, npar = n.op, n.attrs["n"]
+    width = len(op.tensors)
+    tensors, shared, each = op.split(n.ins, npar)
+    writes = op.writes(n.attrs)
+    ns, ne = len(op.shared), len(op.each)
+    elem = textwrap.dedent(inspect.getsource(op.elem)).replace(f"def {op.elem.__name__}(", "def ELEM(", 1)
+    parallel = any(math.prod(ts[0].shape) >= PARALLEL_MIN for ts in tensors)
+    body = []
+    for k, ts in enumerate(tensors):
+        cast = _CAST[ts[0].dtype.name]
+        xs = [f"x{k}_{j}" for j in range(width)]
+        for j, x in enumerate(xs):  # one statement each: Numba's parfors copy a tuple of views
+            a = f"a{k * width + j}"
+            body.append(f"    {x} = {a}.reshape({a}.size)" if j in writes else f"    {x} = {a}.ravel()")
+        sc = [f"{cast}(s{i})" for i in range(ns)] + [f"{cast}(s{ns + k * ne + i})" for i in range(ne)]
+        body += [f"    c{k}_{i} = {c}" for i, c in enumerate(sc)]
+        sc = [f"c{k}_{i}" for i in range(len(sc))]
+        flags = [repr(f) for f in op.flag_values(n.attrs, k)]
+        rng = "prange" if parallel and math.prod(ts[0].shape) >= PARALLEL_MIN else "range"
+        body.append(f"    for i in {rng}({xs[0]}.size):")
+        body.append(f"        r = ELEM({', '.join(x + '[i]' for x in xs)}, {', '.join(sc + flags)})")
+        body += [f"        {xs[j]}[i] = r[{j}]" for j in writes]
+    params = [f"a{i}" for i in range(npar * width)] + [f"s{i}" for i in range(ns + npar * ne)]
+    src = (
+        "@njit(inline='always', fastmath=False, error_model='numpy')\n" + elem + "\n\n"
+        f"@njit(cache=True, fastmath=False, error_model='numpy', parallel={parallel})\n"
+        f"def KNAME({', '.join(params)}):\n" + "\n".join(body) + "\n"
+    )
+    return f"# ops: {n.name} over {npar} parameters\n", src
+
+
 def _acc(kind: str, d: dtypes.dtype, acc: str, v: str) -> tuple[str, str]:
     """(initial value, next value) of an accumulator named acc."""
     wide = "np.float64" if d.is_floating_point else "np.int64"
@@ -246,10 +288,16 @@ def driver_source(plan: Plan, kernels: dict, layout: dict) -> tuple[str, dict]:
                 if not suffix and n.op.lower == "mean":
                     count = math.prod(n.ins[0].shape[d] for d in R)
                     lines.append(f"    np.divide(v{n.id}, {count}, out=v{n.id})")
+        elif s.kind == "update":
+            (n,) = s.nodes
+            lines.append(f"    {kernels[s.index]}({', '.join(f'v{i.id}' for i in n.ins)})  # {n.name}")
+            lines.append(f"    v{n.id} = None")
         else:
             (n,) = s.nodes
             ins = ", ".join(f"v{i.id}" for i in n.ins)
-            if n.op.name == "mm_t" and len(n.shape) == 2:
+            if n.op.name == "updated":  # the update step wrote the array in place
+                lines.append(f"    v{n.id} = v{n.ins[1].id}")
+            elif n.op.name == "mm_t" and len(n.shape) == 2:
                 x, w = n.ins
                 lines.append(f"    v{n.id} = np.matmul(v{x.id}, v{w.id}.T, out={buf(n)})")
             elif n.op.name == "matmul" and len(n.shape) == 2 and all(len(i.shape) == 2 for i in n.ins):
@@ -259,8 +307,11 @@ def driver_source(plan: Plan, kernels: dict, layout: dict) -> tuple[str, dict]:
                 env[fname] = _extern(n.op, n.attrs, n.dtype)
                 copy = ".copy()" if n.id in leaving and n.op.kind == "view" else ""
                 lines.append(f"    v{n.id} = {fname}({ins}){copy}  # {n.name}")
+    written = {n.id: n.ins[1].id for n in plan.nodes if n.op != "input" and n.op != "scalar"
+               and n.op.name == "updated"}
     for dst, src in plan.mutations:
-        lines.append(f"    np.copyto(v{dst}, v{src})")
+        if written.get(src) != dst:
+            lines.append(f"    np.copyto(v{dst}, v{src})")
     lines.append(f"    return [{', '.join(f'v{i}' for i in plan.outputs)}]")
     return "\n".join(lines) + "\n", env
 

@@ -1,7 +1,9 @@
 """fuse: the fusion planner, graph -> plan of steps.
 
-A step is either a fused loop (elementwise ops over one iteration shape, plus reductions of
-values computed in that loop) or an extern call (a BLAS matmul, a view, a gather). The rules:
+A step is a fused loop (elementwise ops over one iteration shape, plus reductions of values
+computed in that loop), an update (an optimizer step over a parameter group: one kernel that
+writes the parameters and their state in place) or an extern call (a BLAS matmul, a view, a
+gather). The rules:
 
 - Linear is split into a BLAS matmul (x @ w.T) and a bias add, so the add and whatever
   activation follows run in the next fused loop (the matmul's "epilogue").
@@ -27,7 +29,7 @@ LOOP_REDUCTIONS = {"sum", "mean", "max", "min", "all", "any"}
 
 @dataclass
 class Step:
-    kind: str  # "loop" | "extern"
+    kind: str  # "loop" | "extern" | "update"
     index: int
     shape: tuple = ()
     nodes: list = field(default_factory=list)  # nodes computed here, in order
@@ -57,6 +59,8 @@ class Plan:
             if s.kind == "loop":
                 red = f" reduce dims={s.reduce_dims}" if s.reductions else ""
                 head = f"loop {list(s.shape)}{red}"
+            elif s.kind == "update":
+                head = "update"
             else:
                 head = "extern"
             outs = ", ".join(f"%{n.id}" for n in s.outputs)
@@ -64,7 +68,7 @@ class Plan:
         return "\n".join(lines)
 
     def kernel_count(self) -> int:
-        return sum(1 for s in self.steps if s.kind == "loop")
+        return sum(1 for s in self.steps if s.kind in ("loop", "update"))
 
 
 def _split_linear(nodes: list) -> list:
@@ -165,6 +169,9 @@ def plan(graph: Graph) -> Plan:
             target.reduce_dims = dims
             target.reductions.append(n)
             reduced.add(n.id)
+        elif kind == "update":
+            target = new_step("update", n.shape, f"{n.name}: one kernel updates {n.attrs['n']} "
+                              "parameters in place")
         else:
             target = new_step("extern", n.shape, f"{n.name} is an extern op ({kind})")
         target.nodes.append(n)
@@ -189,5 +196,5 @@ def _wire(steps, step_of, nodes, leaving: set):
     for s in steps:
         s.outputs = [
             n for n in s.nodes
-            if n.id in used_outside or n.id in leaving or n in s.reductions or s.kind == "extern"
+            if n.id in used_outside or n.id in leaving or n in s.reductions or s.kind != "loop"
         ]

@@ -875,6 +875,157 @@ class Cat(Op):
         return tuple(out)
 
 
+# --------------------------------------------------------------------------- multi-tensor updates
+class Update(Op):
+    """An optimizer step over a whole parameter group as ONE op (one kernel when compiled).
+
+    Arguments: ``len(tensors)`` tensors for each of ``n`` parameters (parameter-major), then the
+    group's ``shared`` scalars, then ``each`` scalars per parameter. ``elem`` computes the new
+    values of one element; given whole arrays it is also the eager kernel, and the compiler
+    copies its source into the kernel's loop, so eager and compiled run the same float32
+    operations in the same order (PyTorch's single-tensor formulas). ``elem`` returns the new
+    value of every tensor; those named by ``writes(attrs)`` are written back in place. Static
+    flags come last, from the attrs (a tuple attr gives one flag per parameter).
+    """
+
+    kind = "update"
+    differentiable = False
+    needs_inputs = False
+    tensors: tuple = ()
+    shared: tuple = ()
+    each: tuple = ()
+    flags: tuple = ()
+    elem = None
+
+    def writes(self, attrs: dict) -> tuple:
+        """Indices (into one parameter's tensors) written back in place."""
+        raise NotImplementedError
+
+    def written_tensors(self, args: tuple, attrs: dict) -> list:
+        t = len(self.tensors)
+        return [args[k * t + j] for k in range(attrs["n"]) for j in self.writes(attrs)]
+
+    def split(self, args: tuple, n: int) -> tuple[list, tuple, list]:
+        """(per-parameter tensor tuples, shared scalars, per-parameter scalar tuples)."""
+        t, e = len(self.tensors), len(self.each)
+        tensors = [tuple(args[k * t:(k + 1) * t]) for k in range(n)]
+        shared = tuple(args[n * t:n * t + len(self.shared)])
+        rest = args[n * t + len(self.shared):]
+        return tensors, shared, [tuple(rest[k * e:(k + 1) * e]) for k in range(n)]
+
+    def flag_values(self, attrs: dict, k: int) -> tuple:
+        return tuple(attrs[f][k] if isinstance(attrs[f], tuple) else attrs[f] for f in self.flags)
+
+    def infer(self, args, attrs):
+        n = attrs["n"]
+        if len(args) != n * (len(self.tensors) + len(self.each)) + len(self.shared):
+            raise ValueError(f"expected {n} parameters' arguments, got {len(args)} arguments")
+        for k, ts in enumerate(self.split(args, n)[0]):
+            shapes = [tuple(shape_of(x)) for x in ts]
+            kinds = {x.dtype for x in ts}
+            if len(set(shapes)) > 1 or len(kinds) > 1 or not ts[0].dtype.is_floating_point:
+                got = ", ".join(f"{nm}{list(sh)}:{x.dtype.name}" for nm, sh, x in zip(self.tensors, shapes, ts))
+                raise ValueError(f"parameter {k}: {got} must have one shape and one floating dtype")
+        return (), bool_
+
+    def eager(self, *arrays, **attrs):
+        tensors, shared, each = self.split(arrays, attrs["n"])
+        with np.errstate(all="ignore"):
+            for k, ts in enumerate(tensors):
+                cast = ts[0].dtype.type
+                new = self.elem(*ts, *map(cast, shared), *map(cast, each[k]), *self.flag_values(attrs, k))
+                for j in self.writes(attrs):
+                    np.copyto(ts[j], new[j])
+        return np.zeros((), np.bool_)
+
+
+def _sgd_elem(p, g, buf, neg_lr, momentum, one_minus_dampening, weight_decay,
+              maximize, decay, use_momentum, nesterov, first):
+    if maximize:
+        g = -g
+    if decay:
+        g = g + p * weight_decay
+    if use_momentum:
+        if first:
+            buf = g
+        else:
+            buf = buf * momentum + g * one_minus_dampening
+        if nesterov:
+            g = g + buf * momentum
+        else:
+            g = buf
+    p = p + g * neg_lr
+    return p, g, buf
+
+
+@defop
+class SGDStep(Update):
+    """torch.optim.SGD's update: buf = momentum * buf + (1 - dampening) * g (buf = g on the
+    first step), p -= lr * (g + momentum * buf if nesterov else buf)."""
+
+    name = "sgd_step"
+    tensors = ("param", "grad", "momentum_buffer")
+    shared = ("neg_lr", "momentum", "one_minus_dampening", "weight_decay")
+    flags = ("maximize", "decay", "use_momentum", "nesterov", "first")
+    elem = staticmethod(_sgd_elem)
+
+    def writes(self, attrs):
+        return (0, 2) if attrs["use_momentum"] else (0,)
+
+
+def _adam_elem(p, g, m, v, vmax, beta2, one_minus_beta2, weight, one_minus_weight, eps,
+               weight_decay, keep, neg_step_size, bias_correction2_sqrt,
+               maximize, decay, decoupled, amsgrad, small_weight):
+    if maximize:
+        g = -g
+    if decay:
+        if decoupled:
+            p = p * keep
+        else:
+            g = g + p * weight_decay
+    if small_weight:  # exp_avg.lerp_(g, weight), ATen's two-sided formula
+        m = m + (g - m) * weight
+    else:
+        m = g - (g - m) * one_minus_weight
+    v = v * beta2
+    v = v + g * g * one_minus_beta2
+    if amsgrad:
+        vmax = np.maximum(vmax, v)
+        denom = np.sqrt(vmax) / bias_correction2_sqrt + eps
+    else:
+        denom = np.sqrt(v) / bias_correction2_sqrt + eps
+    p = p + m / denom * neg_step_size
+    return p, g, m, v, vmax
+
+
+@defop
+class AdamStep(Update):
+    """torch.optim.Adam / AdamW's update with bias correction (step counts per parameter)."""
+
+    name = "adam_step"
+    tensors = ("param", "grad", "exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+    shared = ("beta2", "one_minus_beta2", "weight", "one_minus_weight", "eps", "weight_decay", "keep")
+    each = ("neg_step_size", "bias_correction2_sqrt")
+    flags = ("maximize", "decay", "decoupled", "amsgrad", "small_weight")
+    elem = staticmethod(_adam_elem)
+
+    def writes(self, attrs):
+        return (0, 2, 3, 4) if attrs["amsgrad"] else (0, 2, 3)
+
+
+@defop
+class Updated(Op):
+    """The new value of a tensor written by an update op: an alias of the written array."""
+
+    name, kind, differentiable, needs_inputs = "updated", "view", False, False
+
+    def infer(self, args, attrs):
+        return tuple(shape_of(args[1])), args[1].dtype
+
+    def eager(self, token, x):
+        return x
+
+
 # --------------------------------------------------------------------------- entry points
 def linear(x, weight, bias=None):
     """x @ weight.T + bias as one recorded op (what nn.Linear calls)."""

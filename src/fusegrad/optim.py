@@ -1,8 +1,9 @@
 """``fusegrad.optim``: SGD, Adam and AdamW with PyTorch's single-tensor update formulas.
 
-Updates are in-place Tensor ops (``add_``, ``mul_``, ``addcmul_``, ``addcdiv_``, ``copy_``) run
-under ``no_grad``, so under ``fusegrad.compile`` the same code records the update into the
-training-step graph and parameters keep their identity. Hyperparameters (lr, betas, eps,
+Each ``step()`` applies one multi-tensor update op per parameter group (``sgd_step``,
+``adam_step`` in the op registry): eager mode writes the arrays in place, and under
+``fusegrad.compile`` the whole group's update is one recorded op and one kernel, while the
+parameters and their state keep their identity. Hyperparameters (lr, betas, eps,
 weight decay) and Adam's step count stay Python numbers: the compiler passes them as runtime
 arguments, so a learning-rate schedule never recompiles. Branches test only hyperparameters.
 """
@@ -18,7 +19,8 @@ from itertools import chain
 from typing import Any
 
 import fusegrad
-from fusegrad.tensor import Tensor
+from fusegrad import ops
+from fusegrad.tensor import Tensor, update
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW"]
 
@@ -229,10 +231,6 @@ def _present(name: str, value: Any) -> Any:
     return value
 
 
-def _grad_of(p: Tensor, maximize: bool) -> Tensor:
-    return -p.grad if maximize else p.grad
-
-
 # ============================================================================ SGD
 class SGD(Optimizer):
     """Stochastic gradient descent, optionally with (Nesterov) momentum; PyTorch's
@@ -277,30 +275,36 @@ class SGD(Optimizer):
     def step(self, closure: Callable | None = None):
         loss = self._closure_loss(closure)
         for group in self.param_groups:
-            lr = group["lr"]
-            momentum = group["momentum"]
-            dampening = group["dampening"]
-            weight_decay = group["weight_decay"]
-            nesterov = group["nesterov"]
-            maximize = group["maximize"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                grad = _grad_of(p, maximize)
-                if weight_decay != 0:
-                    grad = grad + p * weight_decay
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            lr, momentum = group["lr"], group["momentum"]
+            dampening, weight_decay = group["dampening"], group["weight_decay"]
+            args, first = [], []
+            for p in params:
+                grad = p.grad
+                buf = grad  # read, never written, without momentum
                 if momentum != 0:
                     state = self.state[p]
                     buf = state.get("momentum_buffer")
-                    if buf is None:
-                        buf = grad.detach().clone()
-                        state["momentum_buffer"] = buf
-                    else:
-                        buf.mul_(momentum)
-                        buf.add_(grad, alpha=1 - dampening)
-                    grad = grad + buf * momentum if nesterov else buf
-                p.add_(grad, alpha=-lr)
+                    first.append(buf is None)
+                    if buf is None:  # the first step sets buf = grad (PyTorch: grad.clone())
+                        buf = state["momentum_buffer"] = fusegrad.zeros_like(p)
+                else:
+                    first.append(False)
+                args += [p, grad, buf]
+            _update(
+                "sgd_step", args, (-lr, momentum, 1 - dampening, weight_decay), (),
+                n=len(params), maximize=group["maximize"], decay=weight_decay != 0,
+                use_momentum=momentum != 0,
+                nesterov=group["nesterov"], first=tuple(first),
+            )
         return loss
+
+
+def _update(name: str, tensors: list, shared: tuple, each: tuple, **attrs) -> None:
+    """One multi-tensor update op over a parameter group (one kernel when compiled)."""
+    update(ops.REGISTRY[name], (*tensors, *shared, *each), attrs)
 
 
 # ============================================================================ Adam / AdamW
@@ -362,9 +366,11 @@ class Adam(Optimizer):
             amsgrad = group["amsgrad"]
             maximize = group["maximize"]
             decoupled = group["decoupled_weight_decay"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            args, each = [], []
+            for p in params:
                 state = self.state[p]
                 if len(state) == 0:
                     state["step"] = 0.0
@@ -372,66 +378,23 @@ class Adam(Optimizer):
                     state["exp_avg_sq"] = fusegrad.zeros_like(p)
                     if amsgrad:
                         state["max_exp_avg_sq"] = fusegrad.zeros_like(p)
-                _adam_update(
-                    p,
-                    _grad_of(p, maximize),
-                    state,
-                    lr=lr,
-                    beta1=beta1,
-                    beta2=beta2,
-                    eps=eps,
-                    weight_decay=weight_decay,
-                    amsgrad=amsgrad,
-                    decoupled=decoupled,
-                )
+                state["step"] += 1
+                step = state["step"]
+                bias_correction1 = 1 - beta1**step
+                bias_correction2 = 1 - beta2**step
+                exp_avg_sq = state["exp_avg_sq"]
+                args += [p, p.grad, state["exp_avg"], exp_avg_sq,
+                         state["max_exp_avg_sq"] if amsgrad else exp_avg_sq]
+                each += [-(lr / bias_correction1), bias_correction2**0.5]
+            weight = 1 - beta1  # exp_avg.lerp_(grad, weight), ATen's two-sided lerp formula
+            _update(
+                "adam_step", args,
+                (beta2, 1 - beta2, weight, 1 - weight, eps, weight_decay, 1 - lr * weight_decay),
+                tuple(each), n=len(params), maximize=maximize, decay=weight_decay != 0,
+                decoupled=decoupled,
+                amsgrad=amsgrad, small_weight=abs(weight) < 0.5,
+            )
         return loss
-
-
-def _adam_update(
-    p: Tensor,
-    grad: Tensor,
-    state: dict[str, Any],
-    *,
-    lr: float,
-    beta1: float,
-    beta2: float,
-    eps: float,
-    weight_decay: float,
-    amsgrad: bool,
-    decoupled: bool,
-) -> None:
-    exp_avg = state["exp_avg"]
-    exp_avg_sq = state["exp_avg_sq"]
-    state["step"] += 1
-    step = state["step"]
-
-    if weight_decay != 0:
-        if decoupled:
-            p.mul_(1 - lr * weight_decay)
-        else:
-            grad = grad + p * weight_decay
-
-    # exp_avg.lerp_(grad, 1 - beta1), with ATen's two-sided lerp formula
-    weight = 1 - beta1
-    if abs(weight) < 0.5:
-        exp_avg.add_(grad - exp_avg, alpha=weight)
-    else:
-        exp_avg.copy_(grad - (grad - exp_avg) * (1 - weight))
-    exp_avg_sq.mul_(beta2)
-    exp_avg_sq.addcmul_(grad, grad, value=1 - beta2)
-
-    bias_correction1 = 1 - beta1**step
-    bias_correction2 = 1 - beta2**step
-    step_size = lr / bias_correction1
-    bias_correction2_sqrt = bias_correction2**0.5
-
-    if amsgrad:
-        max_exp_avg_sq = state["max_exp_avg_sq"]
-        max_exp_avg_sq.copy_(fusegrad.maximum(max_exp_avg_sq, exp_avg_sq))
-        denom = (max_exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
-    else:
-        denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
-    p.addcdiv_(exp_avg, denom, value=-step_size)
 
 
 class AdamW(Adam):

@@ -38,13 +38,14 @@ class Executable:
         self.sources = []
         names = {}
         for s in plan.steps:
-            if s.kind == "loop":
-                header, body = codegen.kernel_source(s)
+            if s.kind in ("loop", "update"):
+                header, body = (codegen.kernel_source if s.kind == "loop" else codegen.update_source)(s)
                 disp, name, path = KERNELS.get(header, body)
                 self.kernels[s.index] = (disp, name, path, s)
                 names[s.index] = name
                 self.sources.append((name, path, body.replace("KNAME", name)))
-        leaving = set(plan.outputs)
+        leaving = set(plan.outputs)  # and what an update writes in place for them:
+        leaving |= {n.ins[1].id for n in plan.nodes if n.id in leaving and getattr(n.op, "name", "") == "updated"}
         self.layout, self.B = {}, []
         for s in plan.steps:
             for n in s.outputs:

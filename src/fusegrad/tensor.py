@@ -150,6 +150,25 @@ def apply(op, args: tuple, attrs: dict):
 ops.DISPATCH = apply
 
 
+def update(op, args: tuple, attrs: dict) -> None:
+    """Run a multi-tensor in-place update op (an optimizer step over a parameter group).
+
+    The written tensors keep their identity: eager mode writes their arrays, traced mode
+    records the op once and rebinds each written tensor to the op's new value of it.
+    """
+    try:
+        tr = TRACER[0]
+        if tr is not None:
+            tr.record_update(op, args, attrs)
+            return
+        op.infer(args, attrs)
+    except (ValueError, TypeError, IndexError) as e:
+        raise _op_error(op, args, attrs, e) from None
+    op.eager(*(a._s.v if isinstance(a, Tensor) else a for a in args), **attrs)
+    for t in op.written_tensors(args, attrs):
+        t._s.version += 1
+
+
 def _edge(a):
     if not isinstance(a, Tensor) or not a.requires_grad:
         return None

@@ -18,7 +18,7 @@ import weakref
 
 import numpy as np
 
-from . import tensor as T
+from . import ops, tensor as T
 from .errors import user_line, user_site
 
 
@@ -210,6 +210,21 @@ class Tracer:
         store = T.Store(n)
         self.live.append(weakref.ref(store))
         return T._wrap_store(store)
+
+    def record_update(self, op, args, attrs):
+        """A multi-tensor in-place update: one node, then one alias node per written tensor."""
+        written = op.written_tensors(args, attrs)
+        for k, t in enumerate(written):
+            v = t._s.v
+            if type(v) is np.ndarray and not v.flags.c_contiguous:
+                raise ValueError(
+                    f"tensor {k} written in place has strides {v.strides} (shape {v.shape}): "
+                    f"a compiled update needs contiguous tensors; make it contiguous once, "
+                    f"outside the compiled step"
+                )
+        token = self.record(op, args, attrs)
+        for t in written:
+            self.assign(t._s, self.record(ops.REGISTRY["updated"], (token, t), {})._s)
 
     def assign(self, store, src_store):
         """An in-place write (optimizer update, grad accumulation) to a store."""
