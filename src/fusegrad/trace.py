@@ -124,13 +124,11 @@ class Tracer:
             self.keys = []
 
     # ---- following a known graph
-    def _expected(self, match) -> Node | None:
-        """The known node at this position if ``match(node)`` holds, switching to another known
-        graph with the same prefix if need be; None (and the slow path from now on) otherwise."""
+    def _diverged(self, match) -> Node | None:
+        """The followed graph differs here: switch to a known graph with the same prefix whose
+        node here matches, or (None) record the slow way from now on."""
         i = len(self.nodes)
         exp = self.exp
-        if i < len(exp.nodes) and match(exp.nodes[i]):
-            return exp.nodes[i]
         prefix = exp.key.t[0][:i]
         for other in reversed(self.known.values()):
             g = other.graph
@@ -149,15 +147,22 @@ class Tracer:
         self.mutated = {k: (s, g.nodes[n.id]) for k, (s, n) in self.mutated.items()}
         self.exp = g
 
+    def _next(self) -> Node | None:
+        """The followed graph's node at this position."""
+        nodes = self.exp.nodes
+        i = len(self.nodes)
+        return nodes[i] if i < len(nodes) else None
+
     # ---- recording
     def _input(self, store) -> Node:
         n = self.by_store.get(id(store))
         if n is None:
             arr = store.v
             dtype = T._NP2FG[arr.dtype]
-            n = None
             if self.exp is not None:
-                n = self._expected(lambda e: e.op == "input" and e.shape == arr.shape and e.dtype is dtype)
+                n = self._next()
+                if n is None or not _is_input(n, arr.shape, dtype):
+                    n = self._diverged(lambda e: _is_input(e, arr.shape, dtype))
             if n is None:
                 n = Node("input", (), {"k": len(self.arrays)}, arr.shape, dtype, len(self.nodes), None)
                 self.keys.append(("input", arr.shape, dtype.name))
@@ -173,7 +178,9 @@ class Tracer:
         kind = type(value).__name__
         n = None
         if self.exp is not None:
-            n = self._expected(lambda e: e.op == "scalar" and e.attrs["type"] == kind)
+            n = self._next()
+            if n is None or n.op != "scalar" or n.attrs["type"] != kind:
+                n = self._diverged(lambda e: e.op == "scalar" and e.attrs["type"] == kind)
         if n is None:
             n = Node("scalar", (), {"k": len(self.scalars), "type": kind}, (), None, len(self.nodes), None)
             self.keys.append(("scalar", kind))
@@ -186,16 +193,19 @@ class Tracer:
         if isinstance(a, T.Tensor):
             v = a._s.v
             return self._input(a._s) if type(v) is np.ndarray else v
-        if isinstance(a, (bool, int, float, np.number)):
-            return self._scalar(a.item() if isinstance(a, np.number) else a)
+        if isinstance(a, (bool, int, float)):
+            return self._scalar(a)
+        if isinstance(a, np.number):
+            return self._scalar(a.item())
         raise TypeError(f"fusegrad.compile: cannot trace an argument of type {type(a).__name__}")
 
     def record(self, op, args, attrs):
-        ins = tuple(self.node_of(a) for a in args)
+        ins = tuple([self.node_of(a) for a in args])
         n = None
         if self.exp is not None:
-            ids = tuple(i.id for i in ins)
-            n = self._expected(lambda e: e.op is op and tuple(i.id for i in e.ins) == ids and e.attrs == attrs)
+            n = self._next()
+            if n is None or not _is_op(n, op, ins, attrs):
+                n = self._diverged(lambda e: _is_op(e, op, ins, attrs))
         if n is None:
             if self.known:  # a tensor may still hold the equal node of a graph followed earlier
                 ins = tuple(self.nodes[i.id] for i in ins)
@@ -287,6 +297,19 @@ class Tracer:
             raise
         for s, r in zip(stores, results):
             s.v = r
+
+
+def _is_input(e: Node, shape: tuple, dtype) -> bool:
+    return e.op == "input" and e.shape == shape and e.dtype is dtype
+
+
+def _is_op(e: Node, op, ins: tuple, attrs: dict) -> bool:
+    """Whether known node e records op on the same inputs (compared by position) and attrs."""
+    if e.op is not op or (e.attrs != attrs if e.attrs is not attrs else False):
+        return False
+    if e.ins == ins:  # the same Node objects: the usual case when following one graph
+        return True
+    return len(e.ins) == len(ins) and all(a.id == b.id for a, b in zip(e.ins, ins))
 
 
 def _freeze(attrs: dict) -> tuple:
