@@ -884,6 +884,26 @@ def test_reductions_over_any_dim_compiled_match_eager(fn):
     np.testing.assert_array_equal(npy(got), npy(want))
 
 
+@pytest.mark.parametrize("shape,dim", [((5, 2051), 1), ((3, 7), 1), ((300_003,), 0), ((2, 3, 1030), (1, 2))],
+                         ids=["rows-2051", "rows-7", "parallel-1d", "two-dims"])
+@pytest.mark.parametrize("body", ["light", "heavy", "int", "max"])
+def test_long_reductions_compiled_match_eager(shape, dim, body):
+    # Reductions whose innermost dim is reduced are unrolled into four partial sums (light
+    # loops) or run in chunks through a buffer (loops that call math functions): remainders
+    # (lengths not divisible by 4 or by the chunk), a parallel 1-D reduction, two reduced dims.
+    fns = {
+        "light": lambda x: (x * 2 - 1).sum(dim=dim),
+        "heavy": lambda x: (x.tanh() * x.exp()).mean(dim=dim),
+        "int": lambda x: (x * 3).long().sum(dim=dim),
+        "max": lambda x: (x.sigmoid() - x).amax(dim=dim),
+    }
+    fn = fns[body]
+    x = fusegrad.tensor(np.random.default_rng(0).standard_normal(shape).astype(np.float32))
+    want, got = fn(x), fusegrad.compile(fn)(x)
+    assert got.dtype == want.dtype and got.shape == want.shape
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=2e-5, atol=1e-4)
+
+
 def test_training_step_with_max_over_the_batch_compiled_matches_eager():
     (me, oe), (mc, oc) = mse_setup(seed=95)
     xs, ys = data(96, (8, 10), (8, 3))

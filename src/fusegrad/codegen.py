@@ -20,7 +20,9 @@ from . import dtypes, ops
 from .fuse import Plan, Step
 
 PARALLEL_MIN = 1 << 17  # loops with fewer elements run on one core (thread wake-up costs more)
+CHUNK = 1024  # a reduction's innermost loop runs in chunks of this many elements
 _FN = re.compile(r"\b(exp|log|tanh|sigmoid|erf|gelu|sqrt|sin|cos|sign)\(")
+_MATH = re.compile(r"\b(exp|log|tanh|sigmoid|erf|gelu|sin|cos)_f(32|64)\(")  # calls in rendered code
 _CAST = {"float32": "np.float32", "float64": "np.float64", "int64": "np.int64", "int32": "np.int32", "bool": "bool"}
 
 
@@ -103,19 +105,37 @@ def kernel_source(step: Step) -> tuple[str, str]:
     for n in outs:
         if n.id not in red_ids:
             inner.append(f"{oname[n.id]}[{_index(padded(n.shape, r), loop)}] = {name[n.id]}")
-    acc_init, acc_fin = [], []
+    # Suffix reductions accumulate in float64 (int64) scalars. A chain of adds is a serial
+    # dependency that also keeps the loop from vectorizing, so: a loop that calls math
+    # functions ("heavy") runs its innermost dim in chunks, writing the values to reduce to a
+    # chunk buffer (that loop vectorizes) and adding the buffer up after it; a light loop is
+    # unrolled four times into four partial sums.
+    heavy = any(_MATH.search(line) for line in inner)
+    acc_init, acc_fin, acc_add, acc_chunk = [], [], [], []
     for k, n in enumerate(step.reductions):
         src = name[n.ins[0].id]
         kind = n.op.lower
         out_idx = _index(padded(n.ins[0].shape, r), loop, R)
         if suffix:
-            init, nxt = _acc(kind, n.ins[0].dtype, f"acc{k}", src)
-            acc_init.append(f"acc{k} = {init}")
-            inner.append(f"acc{k} = {nxt}")
-            fin = f"acc{k}"
+            wide = "np.float64" if n.ins[0].dtype.is_floating_point else "np.int64"
+            split = kind in ("sum", "mean")  # four partial sums p{k}_0..3
+            v = f"w{k}[j]" if heavy else src
+            init, nxt = _acc(kind, n.ins[0].dtype, f"acc{k}", v)
+            if split:
+                acc_init += [f"p{k}_{q} = {wide}(0)" for q in range(4)]
+                acc_add.append(lambda q, k=k, v=v, wide=wide: f"p{k}_{q} = p{k}_{q} + {wide}({v})")
+                total = f"((p{k}_0 + p{k}_1) + (p{k}_2 + p{k}_3))"
+            else:
+                acc_init.append(f"acc{k} = {init}")
+                acc_add.append(lambda q, k=k, nxt=nxt: f"acc{k} = {nxt}")
+                total = f"acc{k}"
+            if heavy:
+                inner.append(f"w{k}[i{r - 1} - c] = {src}")
+                acc_chunk.append(f"w{k} = np.empty({CHUNK}, np.{n.ins[0].dtype.np.name})")
+            fin = total
             if kind == "mean":
                 count = " * ".join(f"n{d}" for d in R)
-                fin = f"acc{k} / ({count})"
+                fin = f"{total} / ({count})"
             acc_fin.append(f"{oname[n.id]}[{out_idx}] = {_CAST[n.dtype.name]}({fin})")
         else:  # accumulate in the (pre-filled) output; the driver divides for mean
             o = f"{oname[n.id]}[{out_idx}]"
@@ -128,15 +148,39 @@ def kernel_source(step: Step) -> tuple[str, str]:
 
     indent = "    "
     level = 1
-    if suffix:
+    if suffix and step.reductions:
         for d in range(kept):
             body.append(indent * level + loop_line(d, parallel and d == 0))
             level += 1
         body += [indent * level + line for line in acc_init]
-        for d in range(kept, r):
+        for d in range(kept, r - 1):
             body.append(indent * level + loop_line(d, parallel and d == 0 and kept == 0))
             level += 1
-        body += [indent * level + line for line in inner]
+        last, ii = f"n{r - 1}", f"i{r - 1}"
+        par = "prange" if parallel and r == 1 else "range"
+        if heavy:
+            body.append(indent * level + f"for ci in {par}(({last} + {CHUNK - 1}) // {CHUNK}):")
+            level += 1
+            body.append(indent * level + f"c = ci * {CHUNK}")
+            body += [indent * level + line for line in acc_chunk]
+            body.append(indent * level + f"for {ii} in range(c, min(c + {CHUNK}, {last})):")
+            body += [indent * (level + 1) + line for line in inner]
+            body.append(indent * level + f"m = min({CHUNK}, {last} - c)")
+            body.append(indent * level + "for j0 in range(0, m - 3, 4):")
+            for q in range(4):
+                body.append(indent * (level + 1) + f"j = j0 + {q}")
+                body += [indent * (level + 1) + add(q) for add in acc_add]
+            body.append(indent * level + "for j in range(m - m % 4, m):")
+            body += [indent * (level + 1) + add(0) for add in acc_add]
+        else:
+            body.append(indent * level + f"for u in {par}({last} // 4):")
+            for q in range(4):
+                body.append(indent * (level + 1) + f"{ii} = u * 4 + {q}")
+                body += [indent * (level + 1) + line for line in inner]
+                body += [indent * (level + 1) + add(q) for add in acc_add]
+            body.append(indent * level + f"for {ii} in range({last} - {last} % 4, {last}):")
+            body += [indent * (level + 1) + line for line in inner]
+            body += [indent * (level + 1) + add(0) for add in acc_add]
         level = 1 + kept
         body += [indent * level + line for line in acc_fin]
     else:
