@@ -130,7 +130,7 @@ def kernel_source(step: Step) -> tuple[str, str]:
                 acc_add.append(lambda q, k=k, nxt=nxt: f"acc{k} = {nxt}")
                 total = f"acc{k}"
             if heavy:
-                inner.append(f"w{k}[i{r - 1} - c] = {src}")
+                inner.append(f"w{k}[j] = {src}")
                 acc_chunk.append(f"w{k} = np.empty({CHUNK}, np.{n.ins[0].dtype.np.name})")
             fin = total
             if kind == "mean":
@@ -162,10 +162,11 @@ def kernel_source(step: Step) -> tuple[str, str]:
             body.append(indent * level + f"for ci in {par}(({last} + {CHUNK - 1}) // {CHUNK}):")
             level += 1
             body.append(indent * level + f"c = ci * {CHUNK}")
-            body += [indent * level + line for line in acc_chunk]
-            body.append(indent * level + f"for {ii} in range(c, min(c + {CHUNK}, {last})):")
-            body += [indent * (level + 1) + line for line in inner]
             body.append(indent * level + f"m = min({CHUNK}, {last} - c)")
+            body += [indent * level + line for line in acc_chunk]
+            body.append(indent * level + "for j in range(m):")  # (range(c, c + m) vectorizes worse)
+            body.append(indent * (level + 1) + f"{ii} = c + j")
+            body += [indent * (level + 1) + line for line in inner]
             body.append(indent * level + "for j0 in range(0, m - 3, 4):")
             for q in range(4):
                 body.append(indent * (level + 1) + f"j = j0 + {q}")
