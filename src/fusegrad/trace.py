@@ -19,6 +19,7 @@ import weakref
 import numpy as np
 
 from . import tensor as T
+from .device_array import CudaArray
 from .errors import user_line, user_site
 
 
@@ -104,7 +105,8 @@ class Tracer:
                 n.shadow = np.array(arr, copy=True)
             self.arrays.append(arr)
             self.nodes.append(n)
-            self.keys.append(("input", arr.shape, n.dtype.name))
+            self.keys.append(("input", arr.shape, n.dtype.name) if type(arr) is np.ndarray
+                             else ("input", arr.shape, n.dtype.name, "cuda"))
             self.by_store[id(store)] = n
             self.keep.append(store)
         return n
@@ -121,7 +123,7 @@ class Tracer:
     def node_of(self, a):
         if isinstance(a, T.Tensor):
             v = a._s.v
-            return self._input(a._s) if type(v) is np.ndarray else v
+            return self._input(a._s) if type(v) is np.ndarray or type(v) is CudaArray else v
         if isinstance(a, (bool, int, float, np.number)):
             return self._scalar(a.item() if isinstance(a, np.number) else a)
         raise TypeError(f"fusegrad.compile: cannot trace an argument of type {type(a).__name__}")
@@ -152,7 +154,7 @@ class Tracer:
                 f"write would not reach the viewed tensor; use clone() first, or write to the "
                 f"original tensor (at {user_line()})"
             )
-        if type(v) is np.ndarray:
+        if type(v) is np.ndarray or type(v) is CudaArray:
             node = self._input(store)
             self.mutated[id(store)] = (store, node)
         elif id(store) not in self.mutated:
