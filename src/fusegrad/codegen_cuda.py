@@ -161,14 +161,15 @@ def loop_source(step: Step) -> tuple[str, str]:
 def matmul_source(dtype, transpose_b: bool) -> tuple[str, str]:
     """A tiled shared-memory matmul o[z] = a[z] @ b[z] (b[z].T when transpose_b), batch on z.
 
-    a is (Ba, M, K), b is (Bb, K, N) or (Bb, N, K), o is (B, M, N); Ba, Bb are B or 1."""
+    a is (Ba, M, K), b is (Bb, K, N) or (Bb, N, K), o is (B, M, N); Ba, Bb are B or 1. Blocks
+    walk the output tiles in a block-stride loop, so any grid size is correct."""
     K = _sizes()
     if dtype.name not in ("float32", "float64", "int64", "int32"):
         raise CompileError(f"matmul on cuda: dtype {dtype.name} is not supported")
     T, nt, cast = K.TILE, _NUMBA_TYPE[dtype.name], codegen._CAST[dtype.name]
     if transpose_b:  # coalesced loads along K; the tile is stored transposed
         load_b = [
-            "wr = cuda.blockIdx.x * T + ty",
+            "wr = tc * T + ty",
             "if wr < N and t0 + tx < K:",
             "    sb[tx, ty] = b[zb, wr, t0 + tx]",
             "else:",
@@ -192,23 +193,27 @@ def matmul_source(dtype, transpose_b: bool) -> tuple[str, str]:
         "    z = cuda.blockIdx.z",
         "    za = z if a.shape[0] > 1 else 0",
         "    zb = z if b.shape[0] > 1 else 0",
-        "    row = cuda.blockIdx.y * T + ty",
-        "    col = cuda.blockIdx.x * T + tx",
-        f"    acc = {cast}(0)",
-        "    for t0 in range(0, K, T):",
-        "        if row < M and t0 + tx < K:",
-        "            sa[ty, tx] = a[za, row, t0 + tx]",
-        "        else:",
-        f"            sa[ty, tx] = {cast}(0)",
+        "    tiles_n = (N + T - 1) // T",
+        "    for tile in range(cuda.blockIdx.x, ((M + T - 1) // T) * tiles_n, cuda.gridDim.x):",
+        "        tr = tile // tiles_n",
+        "        tc = tile % tiles_n",
+        "        row = tr * T + ty",
+        "        col = tc * T + tx",
+        f"        acc = {cast}(0)",
+        "        for t0 in range(0, K, T):",
+        "            if row < M and t0 + tx < K:",
+        "                sa[ty, tx] = a[za, row, t0 + tx]",
+        "            else:",
+        f"                sa[ty, tx] = {cast}(0)",
     ]
-    lines += ["        " + line for line in load_b]
+    lines += ["            " + line for line in load_b]
     lines += [
-        "        cuda.syncthreads()",
-        "        for j in range(T):",
-        f"            acc = {cast}(acc + sa[ty, j] * sb[j, tx])",
-        "        cuda.syncthreads()",
-        "    if row < M and col < N:",
-        "        o[z, row, col] = acc",
+        "            cuda.syncthreads()",
+        "            for j in range(T):",
+        f"                acc = {cast}(acc + sa[ty, j] * sb[j, tx])",
+        "            cuda.syncthreads()",
+        "        if row < M and col < N:",
+        "            o[z, row, col] = acc",
     ]
     what = "x @ w.T" if transpose_b else "a @ b"
     return f"# matmul ({what}, {dtype.name}, tile {T})\n", "\n".join(lines) + "\n"
@@ -317,7 +322,7 @@ def driver_source(plan: Plan, kernels: dict, layout: dict) -> tuple[str, dict]:
                 x, y = n.ins
                 lines.append(f"    v{n.id} = {buf(n)}")
                 M, N, Kd = o3[1], o3[2], a3[2]
-                grid = (-(-N // K.TILE), -(-M // K.TILE), batch)
+                grid = (min(-(-N // K.TILE) * -(-M // K.TILE), K.MAX_BLOCKS), 1, batch)
                 if M and N:
                     lines.append(
                         f"    {kernels[s.index]}[{grid}, ({K.TILE}, {K.TILE})]("

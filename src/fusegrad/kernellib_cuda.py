@@ -24,10 +24,10 @@ from . import cuda as fg_cuda
 SIMULATOR = fg_cuda.is_simulator()
 # Launch sizes. The simulator runs each GPU thread as a Python thread, so it gets tiny blocks
 # (grid-stride loops keep any grid correct); a GPU gets the usual occupancy-friendly sizes.
-THREADS = 16 if SIMULATOR else 256  # threads per block of elementwise kernels
-MAX_BLOCKS = 4 if SIMULATOR else 4096  # grid-stride loops cover the rest
-RED_THREADS = 8 if SIMULATOR else 256  # threads per block of reductions (a power of two)
-TILE = 4 if SIMULATOR else 16  # matmul tile edge (TILE x TILE threads per block)
+THREADS = 2 if SIMULATOR else 256  # threads per block of elementwise kernels
+MAX_BLOCKS = 2 if SIMULATOR else 65535  # grid-stride loops cover the rest
+RED_THREADS = 4 if SIMULATOR else 256  # threads per block of reductions (a power of two)
+TILE = 2 if SIMULATOR else 16  # matmul tile edge (TILE x TILE threads per block)
 
 _dev = cuda.jit(device=True)
 _INF = math.inf
