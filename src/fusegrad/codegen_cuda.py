@@ -268,12 +268,12 @@ def driver_source(plan: Plan, kernels: dict, layout: dict) -> tuple[str, dict]:
     outputs are wrapped as CudaArrays. Launch sizes are constants: a plan has fixed shapes."""
     from . import device_array as device, kernellib_cuda as K
 
-    env: dict = {"W": device.CudaArray, "E": _alloc, "C": _copy}
+    env: dict = {"W": device.CudaArray, "E": _alloc, "C": _copy, "U": _unwrap}
     lines = ["def run(A, S, B):"]
     leaving = set(plan.outputs)
     for n in plan.nodes:
         if n.op == "input":
-            lines.append(f"    v{n.id} = A[{n.attrs['k']}].a")
+            lines.append(f"    v{n.id} = U(A[{n.attrs['k']}])")
         elif n.op == "scalar":
             lines.append(f"    v{n.id} = S[{n.attrs['k']}]")
 
@@ -355,6 +355,11 @@ def driver_source(plan: Plan, kernels: dict, layout: dict) -> tuple[str, dict]:
         lines.append(f"    v{dst}.copy_to_device(v{src})")
     lines.append(f"    return [{', '.join(f'W(v{i})' for i in plan.outputs)}]")
     return "\n".join(lines) + "\n", env
+
+
+def _unwrap(x):
+    """The raw device array of a CudaArray input (a CPU index array passes as it is)."""
+    return x.a if hasattr(x, "a") else x
 
 
 def _alloc(shape: tuple, dtype: str):

@@ -78,7 +78,7 @@ class CudaArray:
                 self.a.copy_to_device(src.a)
         else:
             TRANSFERS["to_device"] += 1
-            self.a.copy_to_device(np.ascontiguousarray(src, dtype=self.dtype))
+            self.a.copy_to_device(_contiguous(np.asarray(src, dtype=self.dtype)))
 
     def __setitem__(self, index, value) -> None:
         """Item assignment in eager mode: a documented host round trip (download, set, upload)."""
@@ -96,7 +96,12 @@ def to_device(arr: np.ndarray):
     """One host -> device copy of arr (a raw device array)."""
     TRANSFERS["to_device"] += 1
     USED[0] = True
-    return _cuda().to_device(np.ascontiguousarray(arr))
+    return _cuda().to_device(_contiguous(np.asarray(arr)))
+
+
+def _contiguous(arr: np.ndarray) -> np.ndarray:
+    """arr in C order (np.ascontiguousarray would turn a 0-d array into a 1-d one)."""
+    return arr if arr.flags.c_contiguous else arr.copy(order="C")
 
 
 def to_host(a) -> np.ndarray:

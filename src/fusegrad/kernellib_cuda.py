@@ -147,17 +147,17 @@ def cos_f64(x):
 
 @_dev
 def sign_f32(x):
-    return np.float32((x > 0) - (x < 0)) if x == x else x
+    return np.float32(1 if x > 0 else (-1 if x < 0 else 0)) if x == x else x
 
 
 @_dev
 def sign_f64(x):
-    return np.float64((x > 0) - (x < 0)) if x == x else x
+    return np.float64(1 if x > 0 else (-1 if x < 0 else 0)) if x == x else x
 
 
 @_dev
 def sign_i(x):
-    return (x > 0) - (x < 0)
+    return 1 if x > 0 else (-1 if x < 0 else 0)
 
 
 @cuda.jit(cache=True)

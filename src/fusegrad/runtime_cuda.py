@@ -40,6 +40,9 @@ def _prelude() -> str:
 
 
 KERNELS = KernelCache(_prelude())
+# Ops whose index tensors may stay on the CPU next to a CUDA tensor, as PyTorch allows: the
+# position of the first index argument (these ops run as a host round trip anyway).
+INDEX_ARGS = {"getitem": 1, "index_grad": 1, "index_put": 2}
 _SEEN: set = set()  # kernel names launched in this process (compile accounting)
 
 
@@ -51,7 +54,8 @@ def graph_device(graph: Graph, arrays: list) -> str:
         if n.op == "input":
             dev[n.id] = "cuda" if type(arrays[n.attrs["k"]]) is CudaArray else "cpu"
         elif n.op != "scalar":
-            seen = {dev[i.id] for i in n.ins if i.id in dev}
+            ins = n.ins[: INDEX_ARGS.get(n.name, len(n.ins))]
+            seen = {dev[i.id] for i in ins if i.id in dev}
             if len(seen) > 1:
                 site = f"{os.path.basename(n.site[0])}:{n.site[1]}" if n.site else "<unknown>"
                 raise RuntimeError(mixed_devices_message(n.name) + f" (at {site})")
@@ -189,15 +193,15 @@ def eager(op, args: tuple, attrs: dict):
 
     EAGER_STATS.ops += 1
     nodes, ins, keys, arrays, scalars = [], [], [], [], []
-    for a in args:
+    for pos, a in enumerate(args):
         if isinstance(a, Tensor):
             v = a._s.v
-            if type(v) is not CudaArray:
+            if type(v) is not CudaArray and pos < INDEX_ARGS.get(op.name, len(args)):
                 raise op_error(op.name, mixed_devices_message(op.name).split(": ", 1)[1])
             n = Node("input", (), {"k": len(arrays)}, v.shape, dtypes.from_numpy_dtype(v.dtype),
                      len(nodes), None)
             arrays.append(v)
-            keys.append(("input", v.shape, n.dtype.name))
+            keys.append(("input", v.shape, n.dtype.name, type(v) is CudaArray))
         else:
             value = a.item() if isinstance(a, np.generic) else a
             n = Node("scalar", (), {"k": len(scalars), "type": type(value).__name__}, (), None,
