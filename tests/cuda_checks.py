@@ -395,3 +395,22 @@ def test_loop_kernel_source_is_grid_stride_and_block_reduction():
     red = [s for s in srcs if "cuda.shared.array" in s]
     assert red and all("cuda.syncthreads()" in s for s in red)
     assert re.search(r"for k in range\(cuda.blockIdx.x, .*cuda.gridDim.x\)", red[0])
+
+
+def test_cross_entropy_and_cpu_index_tensors_on_cuda():
+    fusegrad.manual_seed(0)
+    x = fusegrad.randn(4, 3)
+    y = fusegrad.tensor([0, 2, 1, 2])
+    xc = x.cuda().requires_grad_()
+    loss = nn.CrossEntropyLoss()(xc, y.cuda())
+    loss.backward()
+    xr = x.clone().requires_grad_()
+    want = nn.CrossEntropyLoss()(xr, y)
+    want.backward()
+    np.testing.assert_allclose(loss.item(), want.item(), rtol=1e-6)
+    np.testing.assert_allclose(_cpu(xc.grad), xr.grad.numpy(), rtol=1e-5, atol=1e-7)
+    f = fusegrad.compile(lambda a, b: nn.functional.cross_entropy(a, b), backend="cuda")
+    np.testing.assert_allclose(f(x.cuda(), y.cuda()).item(), want.item(), rtol=1e-6)
+    # index tensors may stay on the CPU next to a CUDA tensor, as in PyTorch
+    idx = fusegrad.tensor([2, 0])
+    np.testing.assert_array_equal(_cpu(x.cuda()[idx]), x.numpy()[[2, 0]])
