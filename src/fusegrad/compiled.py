@@ -50,7 +50,7 @@ def _debug_level() -> int:
 
 
 class CompiledFunction:
-    def __init__(self, fn, backend: str = "cpu", verify: bool = False, fallback: str | None = None,
+    def __init__(self, fn, backend: str = "auto", verify: bool = False, fallback: str | None = None,
                  max_graphs: int = 64):
         if backend not in ("cpu", "cuda", "auto"):
             raise ValueError(f"fusegrad.compile: backend must be 'cpu', 'cuda' or 'auto', got {backend!r}")
@@ -300,7 +300,7 @@ def _check(graph: Graph, ex, env: dict) -> None:
             )
 
 
-def compile(fn=None, *, backend: str = "cpu", verify: bool = False, fallback: str | None = None,
+def compile(fn=None, *, backend: str = "auto", verify: bool = False, fallback: str | None = None,
             max_graphs: int = 64):
     """Compile a training step (or any function of tensors); see docs/compile.md."""
     if fn is None:
