@@ -46,7 +46,9 @@ def _inputs(sample, device: str, requires_grad: bool = False) -> list:
         if isinstance(a, np.ndarray):
             floating = a.dtype.kind == "f"
             arr = a.astype(np.float32) if floating else a
-            out.append(fusegrad.tensor(arr, device=device, requires_grad=requires_grad and floating))
+            out.append(
+                fusegrad.tensor(arr, device=device, requires_grad=requires_grad and floating)
+            )
         else:
             out.append(a)
     return out
@@ -72,11 +74,17 @@ def test_device_tensors_creation_copies_and_metadata():
     np.testing.assert_array_equal(d.cpu().numpy(), a)
     assert repr(g) == "tensor([[0., 1., 2.],\n        [3., 4., 5.]], device='cuda:0')"
 
-    np.testing.assert_array_equal(fusegrad.zeros(2, 3, device="cuda").cpu().numpy(), np.zeros((2, 3)))
-    np.testing.assert_array_equal(fusegrad.ones(4, device="cuda", dtype=fusegrad.int64).cpu().numpy(), np.ones(4))
+    np.testing.assert_array_equal(
+        fusegrad.zeros(2, 3, device="cuda").cpu().numpy(), np.zeros((2, 3))
+    )
+    np.testing.assert_array_equal(
+        fusegrad.ones(4, device="cuda", dtype=fusegrad.int64).cpu().numpy(), np.ones(4)
+    )
     np.testing.assert_array_equal(fusegrad.full((2,), 7.5, device="cuda").cpu().numpy(), [7.5, 7.5])
     np.testing.assert_array_equal(fusegrad.arange(5, device="cuda").cpu().numpy(), np.arange(5))
-    np.testing.assert_array_equal(fusegrad.tensor([True, False], device="cuda").cpu().numpy(), [True, False])
+    np.testing.assert_array_equal(
+        fusegrad.tensor([True, False], device="cuda").cpu().numpy(), [True, False]
+    )
     fusegrad.manual_seed(3)
     r_cpu = fusegrad.randn(3, 2)
     fusegrad.manual_seed(3)
@@ -164,9 +172,34 @@ def test_eager_op_on_cuda_matches_cpu(name):
 
 
 # The compiled checks cover each op family; each compiles forward + backward kernels.
-_COMPILED = ["add", "mul", "div", "pow_scalar", "exp", "log", "tanh", "sigmoid", "gelu", "relu",
-             "where", "clamp", "cast", "expand", "sum", "mean", "amax", "all", "reshape",
-             "permute", "getitem", "matmul", "linear", "cat", "argmax", "index_put"]
+_COMPILED = [
+    "add",
+    "mul",
+    "div",
+    "pow_scalar",
+    "exp",
+    "log",
+    "tanh",
+    "sigmoid",
+    "gelu",
+    "relu",
+    "where",
+    "clamp",
+    "cast",
+    "expand",
+    "sum",
+    "mean",
+    "amax",
+    "all",
+    "reshape",
+    "permute",
+    "getitem",
+    "matmul",
+    "linear",
+    "cat",
+    "argmax",
+    "index_put",
+]
 
 
 @pytest.mark.parametrize("name", _COMPILED)
@@ -197,26 +230,41 @@ def test_compiled_cuda_matches_cpu_eager(name):
 
 
 # ----------------------------------------------------------------------------- reductions, matmul
-@pytest.mark.parametrize("dims,keepdim", [(None, False), ((0,), False), ((1,), True), ((0, 2), False),
-                                          ((2,), False)])
+@pytest.mark.parametrize(
+    "dims,keepdim", [(None, False), ((0,), False), ((1,), True), ((0, 2), False), ((2,), False)]
+)
 def test_reductions_over_any_dims(dims, keepdim):
     x = np.random.default_rng(1).standard_normal((3, 4, 5)).astype(np.float32)
 
     def f(t):
-        return (t.sum(dims, keepdim) * 0.5, (t * t).mean(dims, keepdim), t.amax(dims or (), keepdim),
-                (t > 0).any(dims, keepdim))
+        return (
+            t.sum(dims, keepdim) * 0.5,
+            (t * t).mean(dims, keepdim),
+            t.amax(dims or (), keepdim),
+            (t > 0).any(dims, keepdim),
+        )
 
     want = f(fusegrad.tensor(x))
     eager = f(fusegrad.tensor(x, device="cuda"))
     compiled = fusegrad.compile(f, backend="cuda")(fusegrad.tensor(x, device="cuda"))
-    for w, e, c in zip(want, eager, compiled):
+    for w, e, c in zip(want, eager, compiled, strict=True):
         assert e.dtype is w.dtype and c.dtype is w.dtype
         np.testing.assert_allclose(_cpu(e), w.numpy(), rtol=RTOL, atol=ATOL)
         np.testing.assert_allclose(_cpu(c), w.numpy(), rtol=RTOL, atol=ATOL)
 
 
-@pytest.mark.parametrize("sa,sb", [((5, 3), (3, 4)), ((3,), (3, 2)), ((4, 3), (3,)), ((2, 3, 4), (4, 5)),
-                                   ((3, 4), (2, 4, 5)), ((2, 3, 2), (2, 2, 3)), ((2, 1, 2, 3), (3, 3, 2))])
+@pytest.mark.parametrize(
+    "sa,sb",
+    [
+        ((5, 3), (3, 4)),
+        ((3,), (3, 2)),
+        ((4, 3), (3,)),
+        ((2, 3, 4), (4, 5)),
+        ((3, 4), (2, 4, 5)),
+        ((2, 3, 2), (2, 2, 3)),
+        ((2, 1, 2, 3), (3, 3, 2)),
+    ],
+)
 def test_matmul_shapes(sa, sb):
     r = np.random.default_rng(2)
     a, b = r.standard_normal(sa).astype(np.float32), r.standard_normal(sb).astype(np.float32)
@@ -264,17 +312,21 @@ def _mlp_run(device: str, compiled: bool, make_opt, steps: int = 3):
     return losses, model, opt, fn, transfers
 
 
-@pytest.mark.parametrize("make_opt", [
-    lambda p: fusegrad.optim.SGD(p, lr=0.1, momentum=0.9),
-    lambda p: fusegrad.optim.Adam(p, lr=0.01),
-], ids=["sgd_momentum", "adam"])
+@pytest.mark.parametrize(
+    "make_opt",
+    [
+        lambda p: fusegrad.optim.SGD(p, lr=0.1, momentum=0.9),
+        lambda p: fusegrad.optim.Adam(p, lr=0.01),
+    ],
+    ids=["sgd_momentum", "adam"],
+)
 def test_mlp_training_on_cuda_matches_cpu(make_opt):
     want, ref_model, _, _, _ = _mlp_run("cpu", False, make_opt)
     eager, _, _, _, _ = _mlp_run("cuda", False, make_opt)
     got, model, opt, fn, transfers = _mlp_run("cuda", True, make_opt)
     np.testing.assert_allclose(eager, want, rtol=1e-5)
     np.testing.assert_allclose(got, want, rtol=1e-5)
-    for p, q in zip(model.parameters(), ref_model.parameters()):
+    for p, q in zip(model.parameters(), ref_model.parameters(), strict=True):
         assert p.is_cuda and p.grad.is_cuda
         np.testing.assert_allclose(_cpu(p), q.detach().numpy(), rtol=1e-5, atol=1e-6)
     for state in opt.state.values():
@@ -346,7 +398,7 @@ def test_dynamic_net_compiled_on_cuda_matches_cpu_eager():
     want, ref, _ = _dynamic_net("cpu", False, 6)
     got, model, fn = _dynamic_net("cuda", True, 6)
     np.testing.assert_allclose(got, want, rtol=1e-4)
-    for p, q in zip(model.parameters(), ref.parameters()):
+    for p, q in zip(model.parameters(), ref.parameters(), strict=True):
         np.testing.assert_allclose(_cpu(p), q.detach().numpy(), rtol=1e-4, atol=1e-6)
     s = fn.stats
     assert s.calls == 6 and s.graphs_compiled + s.graph_hits == 6 and s.kernel_hits > 0
@@ -360,7 +412,9 @@ def test_eager_ops_are_cached_one_op_plans():
     for v in (0.5, 1.5, 2.5):  # a Python scalar is a runtime argument: no new plan
         y = (x * v).sigmoid()
     assert runtime_cuda.EAGER_STATS.graphs_compiled == before + 1  # mul once; sigmoid reused
-    np.testing.assert_allclose(_cpu(y), 1 / (1 + np.exp(-2.5 * np.array([[1, 2], [3, 4]]))), rtol=1e-6)
+    np.testing.assert_allclose(
+        _cpu(y), 1 / (1 + np.exp(-2.5 * np.array([[1, 2], [3, 4]]))), rtol=1e-6
+    )
 
 
 def test_kernels_are_cuda_sources_in_the_cache_folder_and_shared_between_graphs():
@@ -374,8 +428,9 @@ def test_kernels_are_cuda_sources_in_the_cache_folder_and_shared_between_graphs(
         assert "from numba import cuda" in text and name in text
     f(fusegrad.ones(4, 3, device="cuda"))  # new batch size: a new graph, the same kernels
     assert f.stats.graphs_compiled == 2 and f.stats.kernel_hits >= 1
-    np.testing.assert_allclose(_cpu(f(fusegrad.ones(4, 3, device="cuda"))), [3 * 3 * math.e] * 4,
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        _cpu(f(fusegrad.ones(4, 3, device="cuda"))), [3 * 3 * math.e] * 4, rtol=1e-6
+    )
 
 
 def test_unknown_plan_step_kind_is_a_compile_error():
@@ -414,3 +469,21 @@ def test_cross_entropy_and_cpu_index_tensors_on_cuda():
     # index tensors may stay on the CPU next to a CUDA tensor, as in PyTorch
     idx = fusegrad.tensor([2, 0])
     np.testing.assert_array_equal(_cpu(x.cuda()[idx]), x.numpy()[[2, 0]])
+
+
+def test_deepcopy_and_pickle_of_cuda_modules():
+    import copy
+    import pickle
+
+    fusegrad.manual_seed(0)
+    lin = nn.Linear(3, 2).cuda()
+    twin = copy.deepcopy(lin)
+    back = pickle.loads(pickle.dumps(lin))
+    for m in (twin, back):
+        assert m.weight.is_cuda
+        np.testing.assert_array_equal(_cpu(m.weight), _cpu(lin.weight))
+    with fusegrad.no_grad():
+        twin.weight.zero_()
+    assert _cpu(lin.weight).any()  # the copy does not share device memory
+    lin.load_state_dict({k: v.cpu() for k, v in back.state_dict().items()})
+    assert lin.weight.is_cuda

@@ -22,14 +22,26 @@ import fusegrad
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-@pytest.mark.skipif(importlib.util.find_spec("numba_cuda") is None,
-                    reason="numba-cuda is not installed (pip install -e \".[cuda]\")")
+@pytest.mark.skipif(
+    importlib.util.find_spec("numba_cuda") is None,
+    reason='numba-cuda is not installed (pip install -e ".[cuda]")',
+)
 def test_cuda_backend_under_the_simulator():
     src = os.path.dirname(os.path.dirname(os.path.abspath(fusegrad.__file__)))
     env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
     env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=",
-           "-rfE", os.path.join(HERE, "cuda_checks.py")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "-o",
+        "addopts=",
+        "-rfE",
+        os.path.join(HERE, "cuda_checks.py"),
+    ]
     proc = subprocess.run(cmd, cwd=HERE, env=env, capture_output=True, text=True, timeout=900)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"CUDA simulator checks failed:\n{out[-12000:]}"

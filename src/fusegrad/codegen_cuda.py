@@ -1,4 +1,4 @@
-"""codegen_cuda: the same fusion plan rendered as @cuda.jit kernels, and a driver that launches them.
+"""codegen_cuda: the fusion plan rendered as @cuda.jit kernels, and a driver that launches them.
 
 The CPU renderer (codegen.py) and this one read the same ``fuse.Plan``; expressions come from
 the same op ``lower`` templates through ``codegen._expr``, and math functions resolve to
@@ -28,8 +28,13 @@ from . import codegen, ops
 from .errors import CompileError
 from .fuse import Plan, Step
 
-_NUMBA_TYPE = {"float32": "numba.float32", "float64": "numba.float64", "int64": "numba.int64",
-               "int32": "numba.int32", "bool": "numba.boolean"}
+_NUMBA_TYPE = {
+    "float32": "numba.float32",
+    "float64": "numba.float64",
+    "int64": "numba.int64",
+    "int32": "numba.int32",
+    "bool": "numba.boolean",
+}
 VIEW_RESHAPES = ("reshape", "unsqueeze", "squeeze")
 PERMUTES = ("permute", "transpose", "t")
 MATMULS = ("mm_t", "matmul")
@@ -72,8 +77,12 @@ def _acc_cuda(kind: str, d) -> tuple[str, str, str, str]:
         return sh, f"{wide}({init})", f"{kind}({{acc}}, {wide}({{v}}))", f"{kind}({{a}}, {{b}})"
     pick = "min" if kind == "all" else "max"
     init = "1" if kind == "all" else "0"
-    return ("numba.int64", f"np.int64({init})", f"{pick}({{acc}}, np.int64(1 if {{v}} else 0))",
-            f"{pick}({{a}}, {{b}})")
+    return (
+        "numba.int64",
+        f"np.int64({init})",
+        f"{pick}({{acc}}, np.int64(1 if {{v}} else 0))",
+        f"{pick}({{a}}, {{b}})",
+    )
 
 
 # --------------------------------------------------------------------------- loop kernels
@@ -105,14 +114,18 @@ def loop_source(step: Step) -> tuple[str, str]:
             chain.append(f"{name[n.id]} = {codegen._expr(n, name)}")
     for n in outs:
         if n.id not in red_ids:
-            chain.append(f"{oname[n.id]}[{codegen._index(codegen.padded(n.shape, r), loop)}] = {name[n.id]}")
+            chain.append(
+                f"{oname[n.id]}[{codegen._index(codegen.padded(n.shape, r), loop)}] = {name[n.id]}"
+            )
 
     params = [f"n{d}" for d in range(r)] + [f"a{k}" for k in range(len(arrays))]
     params += [f"s{k}" for k in range(len(scalars))] + [f"o{k}" for k in range(len(outs))]
     body = ["@cuda.jit(cache=True)", f"def KNAME({', '.join(params)}):"]
     ind = "    "
     if not step.reductions:
-        body.append(f"{ind}for i in range(cuda.grid(1), {_prod(list(range(r)))}, cuda.gridsize(1)):")
+        body.append(
+            f"{ind}for i in range(cuda.grid(1), {_prod(list(range(r)))}, cuda.gridsize(1)):"
+        )
         body += _unravel(list(range(r)), "i", ind * 2)
         body += [ind * 2 + line for line in chain]
     else:
@@ -226,8 +239,11 @@ def permute_source(dims: tuple) -> tuple[str, str]:
     a_idx = ", ".join(f"i{inv[p]}" for p in range(r)) + ("," if r == 1 else "")
     o_idx = ", ".join(f"i{d}" for d in range(r)) + ("," if r == 1 else "")
     params = [f"n{d}" for d in range(r)] + ["a", "o"]
-    lines = ["@cuda.jit(cache=True)", f"def KNAME({', '.join(params)}):",
-             f"    for i in range(cuda.grid(1), {_prod(list(range(r)))}, cuda.gridsize(1)):"]
+    lines = [
+        "@cuda.jit(cache=True)",
+        f"def KNAME({', '.join(params)}):",
+        f"    for i in range(cuda.grid(1), {_prod(list(range(r)))}, cuda.gridsize(1)):",
+    ]
     lines += _unravel(list(range(r)), "i", "        ")
     lines.append(f"        o[{o_idx}] = a[{a_idx}]")
     return f"# permute {dims}\n", "\n".join(lines) + "\n"
@@ -266,7 +282,8 @@ def driver_source(plan: Plan, kernels: dict, layout: dict) -> tuple[str, dict]:
     ``kernels`` maps step index -> kernel name (loops, matmuls, permutes); ``layout`` maps node
     id -> preallocated device buffer slot in B. Values in the driver are raw device arrays;
     outputs are wrapped as CudaArrays. Launch sizes are constants: a plan has fixed shapes."""
-    from . import device_array as device, kernellib_cuda as K
+    from . import device_array as device
+    from . import kernellib_cuda as K
 
     env: dict = {"W": device.CudaArray, "E": _alloc, "C": _copy, "U": _unwrap}
     lines = ["def run(A, S, B):"]
@@ -312,7 +329,9 @@ def driver_source(plan: Plan, kernels: dict, layout: dict) -> tuple[str, dict]:
                 grid = K.launch_1d(numel) if numel else None
             chain = " -> ".join(x.name for x in s.nodes)
             if grid is not None:
-                lines.append(f"    {kernels[s.index]}[{grid[0]}, {grid[1]}]({', '.join(args)})  # {chain}")
+                lines.append(
+                    f"    {kernels[s.index]}[{grid[0]}, {grid[1]}]({', '.join(args)})  # {chain}"
+                )
         elif s.kind == "extern":
             (n,) = s.nodes
             name = n.op.name
@@ -341,7 +360,8 @@ def driver_source(plan: Plan, kernels: dict, layout: dict) -> tuple[str, dict]:
                 if numel:
                     blocks, threads = K.launch_1d(numel)
                     sizes = ", ".join(str(x) for x in n.shape)
-                    lines.append(f"    {kernels[s.index]}[{blocks}, {threads}]({sizes}, {ins[0]}, v{n.id})  # {name}")
+                    launch = f"{kernels[s.index]}[{blocks}, {threads}]"
+                    lines.append(f"    {launch}({sizes}, {ins[0]}, v{n.id})  # {name}")
             else:
                 fname = f"X{s.index}"
                 env[fname] = host_extern(n.op, n.attrs, n.dtype)

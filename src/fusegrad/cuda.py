@@ -35,7 +35,7 @@ def _driver():
         else:
             why = "numba-cuda is installed but finds no CUDA GPU or driver"
     except ImportError as e:
-        why = f"numba-cuda is not installed or incomplete ({e}); pip install -e \".[cuda]\""
+        why = f'numba-cuda is not installed or incomplete ({e}); pip install -e ".[cuda]"'
     except Exception as e:  # a broken driver install: report it, never crash an import
         why = f"numba.cuda failed to initialise: {type(e).__name__}: {e}"
     _STATE["driver"], _STATE["why"] = driver, why

@@ -88,6 +88,16 @@ class CudaArray:
         host[index] = value.host() if type(value) is CudaArray else value
         self.copy_from(host)
 
+    def __deepcopy__(self, memo) -> CudaArray:
+        """copy.deepcopy(model) on CUDA: a new device array, copied on the device."""
+        out = empty(self.shape, self.dtype)
+        out.copy_from(self)
+        return out
+
+    def __reduce__(self):
+        """Pickling (torch.save-style) stores host values; loading puts them back on CUDA."""
+        return upload, (self.host(),)
+
     def __repr__(self) -> str:
         return f"CudaArray(shape={self.shape}, dtype={self.dtype})"
 

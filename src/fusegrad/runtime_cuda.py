@@ -47,7 +47,7 @@ _SEEN: set = set()  # kernel names launched in this process (compile accounting)
 
 
 def graph_device(graph: Graph, arrays: list) -> str:
-    """"cuda" if the graph's tensors are on the device, "cpu" if on the host; a graph that mixes
+    """ "cuda" if the graph's tensors are on the device, "cpu" if on the host; a graph that mixes
     them raises the RuntimeError eager mode gives, naming the first op that mixes devices."""
     dev: dict[int, str] = {}
     for n in graph.nodes:
@@ -135,8 +135,11 @@ class Executable:
             self.stats.compile_seconds += time.perf_counter() - t0
         if self.verify:  # compiled.py compares host copies of every value with eager mode
             env, out = out
-            host = {k: v.copy_to_host() for k, v in env.items()
-                    if k.startswith("v") and hasattr(v, "copy_to_host")}
+            host = {
+                k: v.copy_to_host()
+                for k, v in env.items()
+                if k.startswith("v") and hasattr(v, "copy_to_host")
+            }
             return host, out
         return out
 
@@ -198,14 +201,28 @@ def eager(op, args: tuple, attrs: dict):
             v = a._s.v
             if type(v) is not CudaArray and pos < INDEX_ARGS.get(op.name, len(args)):
                 raise op_error(op.name, mixed_devices_message(op.name).split(": ", 1)[1])
-            n = Node("input", (), {"k": len(arrays)}, v.shape, dtypes.from_numpy_dtype(v.dtype),
-                     len(nodes), None)
+            n = Node(
+                "input",
+                (),
+                {"k": len(arrays)},
+                v.shape,
+                dtypes.from_numpy_dtype(v.dtype),
+                len(nodes),
+                None,
+            )
             arrays.append(v)
             keys.append(("input", v.shape, n.dtype.name, type(v) is CudaArray))
         else:
             value = a.item() if isinstance(a, np.generic) else a
-            n = Node("scalar", (), {"k": len(scalars), "type": type(value).__name__}, (), None,
-                     len(nodes), None)
+            n = Node(
+                "scalar",
+                (),
+                {"k": len(scalars), "type": type(value).__name__},
+                (),
+                None,
+                len(nodes),
+                None,
+            )
             n.shadow = value
             scalars.append(value)
             keys.append(("scalar", n.attrs["type"]))
