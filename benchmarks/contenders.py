@@ -5,7 +5,8 @@ process (``worker.py``); it never runs in the parent, so importing torch, jax or
 disturb the other contenders' thread pools or memory figures.
 
 * ``fusegrad eager`` / ``torch eager``: the workload's torch-like code on that module.
-* ``fusegrad compiled``: the same step wrapped in ``fusegrad.compile``; skipped (with the
+* ``fusegrad compiled``: the same step wrapped in ``fusegrad.compile`` (``backend="cuda"`` with
+  ``--device cuda``: the CUDA renderer, tensors moved with ``.to("cuda")``); skipped (with the
   reason) while ``fusegrad.compile`` does not exist yet or fails on the first step.
 * ``torch.compile``: the same step wrapped in ``torch.compile`` (inductor); skipped with the
   reason when compiling fails (e.g. no C compiler).

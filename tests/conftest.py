@@ -25,10 +25,12 @@ if not os.environ.get("FUSEGRAD_CACHE_DIR"):
 
 
 def _gpu_available() -> bool:
+    """A real GPU: Numba's simulator also makes is_available() True, but it is not a GPU (the
+    simulator runs of the CUDA checks are test_cuda_sim.py's)."""
     try:
         import fusegrad
 
-        return bool(fusegrad.cuda.is_available())
+        return bool(fusegrad.cuda.is_available() and not fusegrad.cuda.is_simulator())
     except Exception:
         return False
 
@@ -40,7 +42,8 @@ def pytest_configure(config):
 def pytest_collection_modifyitems(config, items):
     gpu_items = [item for item in items if "gpu" in item.keywords]
     if gpu_items and not _gpu_available():
-        skip = pytest.mark.skip(reason="needs a CUDA GPU: fusegrad.cuda.is_available() is False")
+        skip = pytest.mark.skip(reason="needs a real CUDA GPU: fusegrad.cuda.is_available() is "
+                                "False, or CUDA runs in Numba's simulator")
         for item in gpu_items:
             item.add_marker(skip)
 

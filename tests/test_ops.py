@@ -366,10 +366,6 @@ _MASK_SHAPE = (
     "BUG: compiled x[mask] assumes every mask element is True (infer() indexes with "
     "np.ones), so the traced shape is wrong: ValueError shapes (12,) (6,)"
 )
-_VECMAT = (  # also 1-D @ 1-D, and linear of a 1-D input (its backward is g @ w with 1-D g)
-    "BUG: compiled 1-D @ 2-D fails in Matmul.infer: (sa[-2],) * (len(sa) > 1) indexes "
-    "sa[-2] before the test (IndexError 'tuple index out of range')"
-)
 
 BUGS: dict[tuple, str] = {
     ("forward", "getitem", 11): _INDEX_ORDER,
@@ -382,9 +378,6 @@ BUGS: dict[tuple, str] = {
     ("compiled", "getitem", 7): _MASK_SHAPE,
     ("compiled", "index_put", 4): _MASK_SHAPE,
     ("compiled", "index_grad", 2): _MASK_SHAPE,
-    ("compiled", "matmul", 2): _VECMAT,
-    ("compiled", "matmul", 4): _VECMAT,
-    ("compiled", "linear", 3): _VECMAT,
 }
 
 

@@ -69,19 +69,20 @@ def _digest(body: str) -> str:
 class KernelCache:
     """Kernels by the hash of their code: in memory, then on disk, then freshly written."""
 
-    def __init__(self):
+    def __init__(self, prelude: str = PRELUDE):
         self.mem: dict[str, object] = {}
+        self.prelude = prelude  # imports the kernels need (the CUDA renderer has its own)
 
     def get(self, header: str, body: str):
         """(dispatcher, name, path) for a kernel body whose function is called KNAME."""
-        h = _digest(PRELUDE + body)
+        h = _digest(self.prelude + body)
         name = f"fg_{h}"
         hit = self.mem.get(name)
         if hit is not None:
             return hit
         d = _checked_dir()
         path = os.path.join(d, name + ".py")
-        code = PRELUDE + body.replace("KNAME", name)
+        code = self.prelude + body.replace("KNAME", name)
         if not _valid(path, h, name):
             _atomic_write(path, header + MARKER + code)
         mod = _import(name, path)

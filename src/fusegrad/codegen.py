@@ -196,44 +196,51 @@ def kernel_source(step: Step) -> tuple[str, str]:
     return f"# ops: {chain}\n", src
 
 
-def update_source(step: Step) -> tuple[str, str]:
-    """(header, body) of an update step's kernel: the op's ``elem`` over each parameter.
-
-    The element function's source is copied into the kernel, so the kernel's hash (its cache
-    file name) changes when the formula does. Scalars are cast once to each parameter's dtype;
-    flags are literals. Arrays arrive in their own shapes and are walked flat (written ones are
-    contiguous, which the tracer checks).
-    """
+def update_parts(step: Step) -> tuple[str, list, list, tuple]:
+    """What both renderers need for an update step: the op's ``elem`` source renamed ELEM (its
+    source is copied into the kernel, so the kernel's hash changes when the formula does), the
+    kernel's parameters, and per parameter (array names, scalar casts, flags, element count)."""
     (n,) = step.nodes
     op, npar = n.op, n.attrs["n"]
-    width = len(op.tensors)
-    tensors, shared, each = op.split(n.ins, npar)
-    writes = op.writes(n.attrs)
-    ns, ne = len(op.shared), len(op.each)
+    width, ns, ne = len(op.tensors), len(op.shared), len(op.each)
+    tensors = op.split(n.ins, npar)[0]
     elem = textwrap.dedent(inspect.getsource(op.elem)).replace(f"def {op.elem.__name__}(", "def ELEM(", 1)
-    parallel = any(math.prod(ts[0].shape) >= PARALLEL_MIN for ts in tensors)
-    body = []
+    per = []
     for k, ts in enumerate(tensors):
         cast = _CAST[ts[0].dtype.name]
-        xs = [f"x{k}_{j}" for j in range(width)]
-        for j, x in enumerate(xs):  # one statement each: Numba's parfors copy a tuple of views
-            a = f"a{k * width + j}"
-            body.append(f"    {x} = {a}.reshape({a}.size)" if j in writes else f"    {x} = {a}.ravel()")
-        sc = [f"{cast}(s{i})" for i in range(ns)] + [f"{cast}(s{ns + k * ne + i})" for i in range(ne)]
-        body += [f"    c{k}_{i} = {c}" for i, c in enumerate(sc)]
-        sc = [f"c{k}_{i}" for i in range(len(sc))]
+        scal = [f"{cast}(s{i})" for i in range(ns)] + [f"{cast}(s{ns + k * ne + i})" for i in range(ne)]
         flags = [repr(f) for f in op.flag_values(n.attrs, k)]
-        rng = "prange" if parallel and math.prod(ts[0].shape) >= PARALLEL_MIN else "range"
+        per.append(([f"a{k * width + j}" for j in range(width)], scal, flags, math.prod(ts[0].shape)))
+    params = [f"a{i}" for i in range(npar * width)] + [f"s{i}" for i in range(ns + npar * ne)]
+    return elem, params, per, op.writes(n.attrs)
+
+
+def update_source(step: Step) -> tuple[str, str]:
+    """(header, body) of an update step's @njit kernel: ELEM over each parameter, flat.
+
+    Scalars are cast once to each parameter's dtype; flags are literals. Written arrays are
+    contiguous (the tracer checks), so their flat views write through.
+    """
+    elem, params, per, writes = update_parts(step)
+    parallel = any(numel >= PARALLEL_MIN for *_, numel in per)
+    body = []
+    for k, (arrays, scal, flags, numel) in enumerate(per):
+        xs = [f"x{k}_{j}" for j in range(len(arrays))]
+        for j, (x, a) in enumerate(zip(xs, arrays)):  # one statement each: Numba's parfors
+            body.append(f"    {x} = {a}.reshape({a}.size)" if j in writes else f"    {x} = {a}.ravel()")
+        body += [f"    c{k}_{i} = {c}" for i, c in enumerate(scal)]  # copy a tuple of views
+        sc = [f"c{k}_{i}" for i in range(len(scal))]
+        rng = "prange" if parallel and numel >= PARALLEL_MIN else "range"
         body.append(f"    for i in {rng}({xs[0]}.size):")
         body.append(f"        r = ELEM({', '.join(x + '[i]' for x in xs)}, {', '.join(sc + flags)})")
         body += [f"        {xs[j]}[i] = r[{j}]" for j in writes]
-    params = [f"a{i}" for i in range(npar * width)] + [f"s{i}" for i in range(ns + npar * ne)]
     src = (
         "@njit(inline='always', fastmath=False, error_model='numpy')\n" + elem + "\n\n"
         f"@njit(cache=True, fastmath=False, error_model='numpy', parallel={parallel})\n"
         f"def KNAME({', '.join(params)}):\n" + "\n".join(body) + "\n"
     )
-    return f"# ops: {n.name} over {npar} parameters\n", src
+    (n,) = step.nodes
+    return f"# ops: {n.name} over {n.attrs['n']} parameters\n", src
 
 
 def _acc(kind: str, d: dtypes.dtype, acc: str, v: str) -> tuple[str, str]:
@@ -350,13 +357,27 @@ def driver_source(plan: Plan, kernels: dict, layout: dict) -> tuple[str, dict]:
                 env[fname] = _extern(n.op, n.attrs, n.dtype)
                 copy = ".copy()" if n.id in leaving and n.op.kind == "view" else ""
                 lines.append(f"    v{n.id} = {fname}({ins}){copy}  # {n.name}")
-    written = {n.id: n.ins[1].id for n in plan.nodes if n.op != "input" and n.op != "scalar"
-               and n.op.name == "updated"}
-    for dst, src in plan.mutations:
-        if written.get(src) != dst:
-            lines.append(f"    np.copyto(v{dst}, v{src})")
+    for dst, src in copied_mutations(plan):
+        lines.append(f"    np.copyto(v{dst}, v{src})")
     lines.append(f"    return [{', '.join(f'v{i}' for i in plan.outputs)}]")
     return "\n".join(lines) + "\n", env
+
+
+def copied_mutations(plan: Plan) -> list:
+    """The in-place writes the driver must copy: an update step already wrote its own."""
+    written = {n.id: n.ins[1].id for n in plan.nodes if is_updated(n)}
+    return [(dst, src) for dst, src in plan.mutations if written.get(src) != dst]
+
+
+def is_updated(n) -> bool:
+    return not isinstance(n.op, str) and n.op.name == "updated"
+
+
+def leaving(plan: Plan) -> set:
+    """Node ids whose arrays leave to the caller (never a reused buffer), including the arrays
+    an update step writes in place for a leaving value."""
+    out = set(plan.outputs)
+    return out | {n.ins[1].id for n in plan.nodes if n.id in out and is_updated(n)}
 
 
 def _extern(op: ops.Op, attrs: dict, dtype: dtypes.dtype):

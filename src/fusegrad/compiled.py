@@ -16,7 +16,7 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
-from . import fuse, runtime, tensor as T
+from . import device_array as _device, fuse, runtime, tensor as T
 from .errors import CompileError, RecompileWarning, VerifyError
 from .trace import Graph, Tracer
 
@@ -50,12 +50,16 @@ def _debug_level() -> int:
 
 
 class CompiledFunction:
-    def __init__(self, fn, backend: str = "cpu", verify: bool = False, fallback: str | None = None,
+    def __init__(self, fn, backend: str = "auto", verify: bool = False, fallback: str | None = None,
                  max_graphs: int = 64):
-        if backend not in ("cpu", "auto"):
-            from .cuda import unavailable_error
+        if backend not in ("cpu", "cuda", "auto"):
+            raise ValueError(f"fusegrad.compile: backend must be 'cpu', 'cuda' or 'auto', got {backend!r}")
+        if backend == "cuda":
+            from . import cuda
 
-            raise unavailable_error(f"fusegrad.compile(backend={backend!r})")
+            if not cuda.is_available():
+                raise cuda.unavailable_error(f"fusegrad.compile(backend={backend!r})")
+        self.backend = backend
         if fallback not in (None, "eager"):
             raise ValueError(f"fusegrad.compile: fallback must be None or 'eager', got {fallback!r}")
         self.fn = fn
@@ -109,7 +113,7 @@ class CompiledFunction:
             self.stats.graph_breaks += 1
         ex = self.graphs.get(graph.key)
         if ex is None:
-            ex = self._compile(graph)
+            ex = self._compile(graph, arrays)
             if ex is None:  # fallback="eager"
                 return runtime.interpret(graph, arrays, scalars)
         else:
@@ -132,16 +136,30 @@ class CompiledFunction:
             _check(graph, ex, env)
         return out
 
-    def _compile(self, graph: Graph):
+    def _compile(self, graph: Graph, arrays: list = ()):
         t0 = time.perf_counter()
         self.stats.graphs_compiled += 1
         level = _debug_level()
         if level >= 1:
             print(f"[fusegrad] new graph #{self.stats.graphs_compiled} for {self.__name__}: "
                   f"{_diff_text(graph, self.history)}", flush=True)
+        ex = None
         try:
             plan = fuse.plan(graph)
-            ex = runtime.Executable(plan, self.stats, verify=self.verify)
+            if _device.USED[0] or self.backend == "cuda":  # which renderer: the tensors' device
+                from . import runtime_cuda
+
+                on = runtime_cuda.graph_device(graph, arrays)
+                if on != self.backend != "auto":
+                    raise RuntimeError(
+                        f"fusegrad.compile({self.__name__}, backend={self.backend!r}): the step's "
+                        f"tensors are on {on}; move them with .to({self.backend!r}) or use "
+                        "backend='auto'"
+                    )
+                if on == "cuda":
+                    ex = runtime_cuda.Executable(plan, self.stats, verify=self.verify)
+            if ex is None:
+                ex = runtime.Executable(plan, self.stats, verify=self.verify)
         except CompileError:
             if self.fallback != "eager":
                 raise
@@ -282,7 +300,7 @@ def _check(graph: Graph, ex, env: dict) -> None:
             )
 
 
-def compile(fn=None, *, backend: str = "cpu", verify: bool = False, fallback: str | None = None,
+def compile(fn=None, *, backend: str = "auto", verify: bool = False, fallback: str | None = None,
             max_graphs: int = 64):
     """Compile a training step (or any function of tensors); see docs/compile.md."""
     if fn is None:

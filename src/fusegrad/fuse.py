@@ -110,6 +110,7 @@ def _live(nodes: list, roots: set) -> list:
 
 def plan(graph: Graph) -> Plan:
     roots = set(graph.outputs) | {v for _, v in graph.mutations} | {d for d, _ in graph.mutations}
+    roots |= {n.id for n in graph.nodes if n.op not in ("input", "scalar") and n.op.kind == "update"}
     nodes = _live(_split_linear(graph.nodes), roots)
     steps: list[Step] = []
     step_of: dict[int, Step] = {}

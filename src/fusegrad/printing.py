@@ -132,6 +132,8 @@ def tensor_repr(t) -> str:
     suffixes = []
     if a.size == 0 and a.ndim != 1:
         suffixes.append(f"size={tuple(a.shape)}")
+    if t.is_cuda:
+        suffixes.append("device='cuda:0'")
     if d not in (float32, int64, bool_):
         suffixes.append(f"dtype={d!r}")
     if t.grad_fn is not None:

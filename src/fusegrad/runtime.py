@@ -44,8 +44,7 @@ class Executable:
                 self.kernels[s.index] = (disp, name, path, s)
                 names[s.index] = name
                 self.sources.append((name, path, body.replace("KNAME", name)))
-        leaving = set(plan.outputs)  # and what an update writes in place for them:
-        leaving |= {n.ins[1].id for n in plan.nodes if n.id in leaving and getattr(n.op, "name", "") == "updated"}
+        leaving = codegen.leaving(plan)
         self.layout, self.B = {}, []
         for s in plan.steps:
             for n in s.outputs:

@@ -16,8 +16,9 @@ from collections import namedtuple
 
 import numpy as np
 
-from . import autograd, dtypes, ops
+from . import autograd, device_array as _device, dtypes, ops
 from .autograd import GRAD, Node
+from .device_array import CudaArray
 from .dtypes import bool_, float32, float64, int32, int64
 from .errors import op_error, user_line
 
@@ -72,12 +73,28 @@ class device:
 
 
 CPU = device("cpu")
+CUDA = device("cuda", 0)
 
 
-def _no_cuda(what: str):
+def _place(arr: np.ndarray, dev, value=None):
+    """arr where `dev` asks for it: itself on the CPU, a device array on CUDA (filled on the
+    device when `value` says what arr holds, so zeros/ones/full copy nothing)."""
+    if dev is None or device(dev).type == "cpu":
+        return arr
     from . import cuda
 
-    return cuda.unavailable_error(what)
+    if not cuda.is_available():
+        raise cuda.unavailable_error(f"device={str(dev)!r}")
+    if value is not None:
+        return _device.full(arr.shape, value, arr.dtype)
+    return _device.upload(arr)
+
+
+def _lazy_device(node) -> device:
+    """The device of a lazy value while tracing: that of the graph input it derives from."""
+    while node.op != "input":
+        node = next(i for i in node.ins if i.op != "scalar")
+    return CUDA if type(TRACER[0].arrays[node.attrs["k"]]) is CudaArray else CPU
 
 
 # --------------------------------------------------------------------------- dispatch
@@ -93,6 +110,8 @@ def _describe(args) -> str:
 
 def _eager(op, args, attrs):
     arrays = [a._s.v if isinstance(a, Tensor) else a for a in args]
+    if _device.USED[0] and any(type(a) is CudaArray for a in arrays):
+        return _eager_cuda(op, args, attrs)
     od = None
     if op.kind == "elementwise":
         cd, od = op.result_dtype(tuple(ops.part(a) for a in args))
@@ -111,6 +130,16 @@ def _eager(op, args, attrs):
     elif r.dtype not in _NP2FG:
         r = r.astype(_normalize_np_dtype(r.dtype))
     return _wrap(r)
+
+
+def _eager_cuda(op, args, attrs):
+    """An eager op on CUDA tensors: a cached one-op plan through the CUDA renderer."""
+    from . import runtime_cuda
+
+    try:
+        return _wrap(runtime_cuda.eager(op, args, attrs))
+    except (ValueError, TypeError, IndexError) as e:
+        raise _op_error(op, args, attrs, e) from None
 
 
 def _op_error(op, args, attrs, e) -> RuntimeError:
@@ -162,9 +191,14 @@ def update(op, args: tuple, attrs: dict) -> None:
             tr.record_update(op, args, attrs)
             return
         op.infer(args, attrs)
+        if any(isinstance(a, Tensor) and type(a._s.v) is CudaArray for a in args):
+            from . import runtime_cuda
+
+            runtime_cuda.eager(op, args, attrs)  # one cached update kernel, in place
+        else:
+            op.eager(*(a._s.v if isinstance(a, Tensor) else a for a in args), **attrs)
     except (ValueError, TypeError, IndexError) as e:
         raise _op_error(op, args, attrs, e) from None
-    op.eager(*(a._s.v if isinstance(a, Tensor) else a for a in args), **attrs)
     for t in op.written_tensors(args, attrs):
         t._s.version += 1
 
@@ -206,8 +240,11 @@ def _value(t: Tensor) -> np.ndarray:
     """A tensor's numpy array; inside a compiled call this realizes the pending graph."""
     v = t._s.v
     if type(v) is not np.ndarray:
-        TRACER[0].realize()
-        v = t._s.v
+        if type(v) is not CudaArray:
+            TRACER[0].realize()
+            v = t._s.v
+        if type(v) is CudaArray:  # the user asked for values: one device -> host copy
+            v = v.host()
     return v
 
 
@@ -306,15 +343,18 @@ class Tensor:
     @property
     def dtype(self) -> dtypes.dtype:
         v = self._s.v
-        return _NP2FG[v.dtype] if type(v) is np.ndarray else v.dtype
+        return _NP2FG[v.dtype] if type(v) is np.ndarray or type(v) is CudaArray else v.dtype
 
     @property
     def device(self) -> device:
-        return CPU
+        v = self._s.v
+        if type(v) is np.ndarray:
+            return CPU
+        return CUDA if type(v) is CudaArray else _lazy_device(v)
 
     @property
     def is_cuda(self) -> bool:
-        return False
+        return self.device.type == "cuda"
 
     def dim(self) -> int:
         return len(self._s.v.shape)
@@ -348,7 +388,7 @@ class Tensor:
 
     def _is_view(self) -> bool:
         v = self._s.v
-        if type(v) is np.ndarray:
+        if type(v) is np.ndarray or type(v) is CudaArray:
             return v.base is not None
         return not isinstance(v.op, str) and v.op.kind == "view"
 
@@ -459,17 +499,18 @@ class Tensor:
                 dev = device(a)
             elif isinstance(a, Tensor):
                 dt = a.dtype
-        if dev is not None and dev.type == "cuda":
-            raise _no_cuda(f"Tensor.to({str(dev)!r})")
-        if dt is None or dt is self.dtype:
-            return self
-        return apply(ops.REGISTRY["cast"], (self,), {"dtype": dt})
+        out = self
+        if dev is not None and dev.type != self.device.type:
+            out = _to_device(self, dev)
+        if dt is None or dt is out.dtype:
+            return out
+        return apply(ops.REGISTRY["cast"], (out,), {"dtype": dt})
 
     def cpu(self) -> Tensor:
-        return self
+        return self.to("cpu")
 
     def cuda(self, device=None) -> Tensor:
-        raise _no_cuda("Tensor.cuda()")
+        return self.to("cuda" if device is None else device)
 
     def float(self) -> Tensor:
         return self.to(float32)
@@ -909,6 +950,10 @@ class Tensor:
         v, rv = s.v, r._s.v
         if type(v) is np.ndarray and type(rv) is np.ndarray:
             np.copyto(v, rv)
+        elif type(v) is CudaArray and (type(rv) is CudaArray or type(rv) is np.ndarray):
+            v.copy_from(rv)  # on the device; an upload only for copy_ from a CPU tensor
+        elif type(v) is np.ndarray and type(rv) is CudaArray:
+            np.copyto(v, rv.host())
         else:
             TRACER[0].assign(s, r._s)
         s.version += 1
@@ -983,6 +1028,40 @@ class Tensor:
     __isub__ = sub_
     __imul__ = mul_
     __itruediv__ = div_
+
+
+class _ToDevice(ops.Op):
+    """The autograd record of .to(device) (not a registry op: it has no kernel; the gradient
+    goes back to the source device)."""
+
+    name, grad_fn, needs_inputs = "to_device", "ToCopyBackward0", False
+
+    @staticmethod
+    def vjp(n, g):
+        return (g.to(n.attrs["src"]),)
+
+
+_TO_DEVICE = _ToDevice()
+
+
+def _to_device(t: Tensor, dev: device) -> Tensor:
+    """A copy of t on dev (one host <-> device copy), differentiable as PyTorch's."""
+    v = t._s.v
+    if type(v) is not np.ndarray and type(v) is not CudaArray:
+        TRACER[0].realize()  # a copy between devices is a realization point, as .numpy() is
+        v = t._s.v
+    if dev.type == "cuda":
+        from . import cuda
+
+        if not cuda.is_available():
+            raise cuda.unavailable_error(f"Tensor.to({str(dev)!r})")
+        out = _wrap(_device.upload(v))
+    else:
+        out = _wrap(v.host())
+    if GRAD[0] and t.requires_grad:
+        out.requires_grad = True
+        out.grad_fn = Node(_TO_DEVICE, (t,), {"src": str(t.device)}, (_edge(t),), (True,))
+    return out
 
 
 def _copy_like(src, dst: Tensor) -> Tensor:
@@ -1088,21 +1167,21 @@ def _tolist_tensors(x):
 
 def tensor(data, dtype=None, device=None, requires_grad: bool = False) -> Tensor:
     """A new tensor that owns a copy of data (a list, a number, a numpy array or a Tensor)."""
-    _check_device(device)
-    t = _wrap(_to_array(data, dtypes.as_dtype(dtype)))
+    t = _wrap(_place(_to_array(data, dtypes.as_dtype(dtype)), device))
     if requires_grad:
         t.requires_grad_(True)
     return t
 
 
 def as_tensor(data, dtype=None, device=None) -> Tensor:
-    _check_device(device)
     if isinstance(data, Tensor):
-        return data if dtype is None else data.to(dtype)
-    if isinstance(data, np.ndarray) and (dtype is None or dtypes.as_dtype(dtype).np == data.dtype):
-        if data.dtype in _NP2FG:
-            return _wrap(data)
-    return tensor(data, dtype=dtype)
+        out = data if device is None else data.to(device)
+        return out if dtype is None else out.to(dtype)
+    if device is None or globals()["device"](device).type == "cpu":
+        if isinstance(data, np.ndarray) and (dtype is None or dtypes.as_dtype(dtype).np == data.dtype):
+            if data.dtype in _NP2FG:
+                return _wrap(data)
+    return tensor(data, dtype=dtype, device=device)
 
 
 def from_numpy(arr: np.ndarray) -> Tensor:
@@ -1117,69 +1196,70 @@ def from_numpy(arr: np.ndarray) -> Tensor:
     return _wrap(arr)
 
 
-def _check_device(dev):
-    if dev is not None and device(dev).type == "cuda":
-        raise _no_cuda(f"device={str(dev)!r}")
-
-
-def _make(fill, shape, dtype, requires_grad, dev=None) -> Tensor:
-    _check_device(dev)
+def _make(fill, shape, dtype, requires_grad, dev=None, value=None) -> Tensor:
     d = dtypes.as_dtype(dtype) or float32
-    t = _wrap(fill(_shape_arg(shape), d.np))
+    if dev is not None and value is not None and device(dev).type == "cuda":
+        fill = lambda s, d: np.broadcast_to(np.zeros((), d), s)  # noqa: E731 (filled on device)
+    t = _wrap(_place(fill(_shape_arg(shape), d.np), dev, value))
     if requires_grad:
         t.requires_grad_(True)
     return t
 
 
 def zeros(*shape, dtype=None, device=None, requires_grad=False) -> Tensor:
-    return _make(np.zeros, shape, dtype, requires_grad, device)
+    return _make(np.zeros, shape, dtype, requires_grad, device, 0)
 
 
 def ones(*shape, dtype=None, device=None, requires_grad=False) -> Tensor:
-    return _make(np.ones, shape, dtype, requires_grad, device)
+    return _make(np.ones, shape, dtype, requires_grad, device, 1)
 
 
 def empty(*shape, dtype=None, device=None, requires_grad=False) -> Tensor:
-    return _make(np.zeros, shape, dtype, requires_grad, device)
+    return _make(np.zeros, shape, dtype, requires_grad, device, 0)
 
 
 def full(shape, fill_value, dtype=None, device=None, requires_grad=False) -> Tensor:
     if dtype is None:
         dtype = dtypes.scalar_dtype(fill_value)
-    return _make(lambda s, d: np.full(s, fill_value, d), (shape,), dtype, requires_grad, device)
+    value = fill_value.item() if isinstance(fill_value, Tensor) else fill_value
+    return _make(lambda s, d: np.full(s, fill_value, d), (shape,), dtype, requires_grad, device,
+                 value)
 
 
-def zeros_like(t: Tensor, dtype=None, requires_grad=False) -> Tensor:
-    return zeros(tuple(t.shape), dtype=dtype or t.dtype, requires_grad=requires_grad)
+def zeros_like(t: Tensor, dtype=None, requires_grad=False, device=None) -> Tensor:
+    return zeros(tuple(t.shape), dtype=dtype or t.dtype, requires_grad=requires_grad,
+                 device=device or t.device)
 
 
-def ones_like(t: Tensor, dtype=None, requires_grad=False) -> Tensor:
-    return ones(tuple(t.shape), dtype=dtype or t.dtype, requires_grad=requires_grad)
+def ones_like(t: Tensor, dtype=None, requires_grad=False, device=None) -> Tensor:
+    return ones(tuple(t.shape), dtype=dtype or t.dtype, requires_grad=requires_grad,
+                device=device or t.device)
 
 
-def empty_like(t: Tensor, dtype=None, requires_grad=False) -> Tensor:
-    return zeros_like(t, dtype, requires_grad)
+def empty_like(t: Tensor, dtype=None, requires_grad=False, device=None) -> Tensor:
+    return zeros_like(t, dtype, requires_grad, device)
 
 
-def full_like(t: Tensor, fill_value, dtype=None, requires_grad=False) -> Tensor:
-    return full(tuple(t.shape), fill_value, dtype=dtype or t.dtype, requires_grad=requires_grad)
+def full_like(t: Tensor, fill_value, dtype=None, requires_grad=False, device=None) -> Tensor:
+    return full(tuple(t.shape), fill_value, dtype=dtype or t.dtype, requires_grad=requires_grad,
+                device=device or t.device)
 
 
-def eye(n: int, m: int | None = None, dtype=None, requires_grad=False) -> Tensor:
-    return _make(lambda s, d: np.eye(n, m, dtype=d), (), dtype, requires_grad)
+def eye(n: int, m: int | None = None, dtype=None, requires_grad=False, device=None) -> Tensor:
+    return _make(lambda s, d: np.eye(n, m, dtype=d), (), dtype, requires_grad, device)
 
 
-def arange(start, end=None, step=1, dtype=None, requires_grad=False) -> Tensor:
+def arange(start, end=None, step=1, dtype=None, requires_grad=False, device=None) -> Tensor:
     if end is None:
         start, end = 0, start
     if dtype is None:
         dtype = int64 if all(isinstance(v, int) for v in (start, end, step)) else float32
     d = dtypes.as_dtype(dtype)
-    return tensor(np.arange(start, end, step, dtype=np.float64 if d.is_floating_point else np.int64), dtype=d, requires_grad=requires_grad)
+    return tensor(np.arange(start, end, step, dtype=np.float64 if d.is_floating_point else np.int64), dtype=d, requires_grad=requires_grad, device=device)
 
 
-def linspace(start, end, steps: int, dtype=None, requires_grad=False) -> Tensor:
-    return tensor(np.linspace(start, end, steps), dtype=dtype or float32, requires_grad=requires_grad)
+def linspace(start, end, steps: int, dtype=None, requires_grad=False, device=None) -> Tensor:
+    return tensor(np.linspace(start, end, steps), dtype=dtype or float32, requires_grad=requires_grad, device=device)
 
 
 # ---- randomness: one generator for eager and compiled mode
@@ -1244,12 +1324,14 @@ def randint(low, high=None, size=None, dtype=None, device=None, generator=None) 
     return _make(lambda s, d: g.integers(low, high, s).astype(d), (size,), dtype or int64, False, device)
 
 
-def rand_like(t: Tensor, dtype=None, requires_grad=False) -> Tensor:
-    return rand(tuple(t.shape), dtype=dtype or t.dtype, requires_grad=requires_grad)
+def rand_like(t: Tensor, dtype=None, requires_grad=False, device=None) -> Tensor:
+    return rand(tuple(t.shape), dtype=dtype or t.dtype, requires_grad=requires_grad,
+                device=device or t.device)
 
 
-def randn_like(t: Tensor, dtype=None, requires_grad=False) -> Tensor:
-    return randn(tuple(t.shape), dtype=dtype or t.dtype, requires_grad=requires_grad)
+def randn_like(t: Tensor, dtype=None, requires_grad=False, device=None) -> Tensor:
+    return randn(tuple(t.shape), dtype=dtype or t.dtype, requires_grad=requires_grad,
+                 device=device or t.device)
 
 
 # --------------------------------------------------------------------------- functions

@@ -19,6 +19,7 @@ import weakref
 import numpy as np
 
 from . import ops, tensor as T
+from .device_array import CudaArray
 from .errors import user_line, user_site
 
 
@@ -159,13 +160,16 @@ class Tracer:
         if n is None:
             arr = store.v
             dtype = T._NP2FG[arr.dtype]
+            cuda = type(arr) is CudaArray
             if self.exp is not None:
                 n = self._next()
-                if n is None or not _is_input(n, arr.shape, dtype):
-                    n = self._diverged(lambda e: _is_input(e, arr.shape, dtype))
+                if n is None or not _is_input(n, arr.shape, dtype, cuda):
+                    n = self._diverged(lambda e: _is_input(e, arr.shape, dtype, cuda))
             if n is None:
-                n = Node("input", (), {"k": len(self.arrays)}, arr.shape, dtype, len(self.nodes), None)
-                self.keys.append(("input", arr.shape, dtype.name))
+                attrs = {"k": len(self.arrays), "cuda": True} if cuda else {"k": len(self.arrays)}
+                n = Node("input", (), attrs, arr.shape, dtype, len(self.nodes), None)
+                self.keys.append(("input", arr.shape, dtype.name, "cuda") if cuda
+                                 else ("input", arr.shape, dtype.name))
             if self.verify:
                 n.shadow = np.array(arr, copy=True)
             self.arrays.append(arr)
@@ -192,7 +196,7 @@ class Tracer:
     def node_of(self, a):
         if isinstance(a, T.Tensor):
             v = a._s.v
-            return self._input(a._s) if type(v) is np.ndarray else v
+            return v if type(v) is Node else self._input(a._s)
         if isinstance(a, (bool, int, float)):
             return self._scalar(a)
         if isinstance(a, np.number):
@@ -248,7 +252,7 @@ class Tracer:
                 f"write would not reach the viewed tensor; use clone() first, or write to the "
                 f"original tensor (at {user_line()})"
             )
-        if type(v) is np.ndarray:
+        if type(v) is np.ndarray or type(v) is CudaArray:
             node = self._input(store)
             self.mutated[id(store)] = (store, node)
         elif id(store) not in self.mutated:
@@ -299,8 +303,8 @@ class Tracer:
             s.v = r
 
 
-def _is_input(e: Node, shape: tuple, dtype) -> bool:
-    return e.op == "input" and e.shape == shape and e.dtype is dtype
+def _is_input(e: Node, shape: tuple, dtype, cuda: bool) -> bool:
+    return e.op == "input" and e.shape == shape and e.dtype is dtype and ("cuda" in e.attrs) == cuda
 
 
 def _is_op(e: Node, op, ins: tuple, attrs: dict) -> bool:

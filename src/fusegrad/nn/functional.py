@@ -311,7 +311,7 @@ def _index_target_weights(
         )
     _check_class_weight(weight, n_classes, op)
     tgt = target.unsqueeze(class_dim)
-    classes = fusegrad.arange(n_classes).reshape(bshape)
+    classes = fusegrad.arange(n_classes, device=target.device).reshape(bshape)
     w = (classes == tgt).to(input.dtype)
     if weight is not None:
         w = w * weight.reshape(bshape)
@@ -417,4 +417,4 @@ def one_hot(tensor: Tensor, num_classes: int = -1) -> Tensor:
         )
     if num_classes == -1:
         num_classes = int(tensor.max().item()) + 1 if tensor.numel() > 0 else 0
-    return (tensor.unsqueeze(-1) == fusegrad.arange(num_classes)).long()
+    return (tensor.unsqueeze(-1) == fusegrad.arange(num_classes, device=tensor.device)).long()

@@ -1,0 +1,170 @@
+"""kernellib_cuda: the scalar functions generated CUDA kernels call, one name per dtype.
+
+The CUDA twin of kernellib.py, with the same names (``exp_f32``, ``log_f64``, ``sign_i``...) so
+that ops' ``lower`` templates and codegen's per-dtype renaming are shared by both renderers.
+On the GPU ``math.exp`` & co. of a float32 become CUDA's own single-precision functions
+(``expf``...), which are already fast: fastmath.py's polynomials exist to let LLVM vectorize CPU
+loops and are not needed here. The guards (log of 0, exp overflow, sqrt of a negative) give
+IEEE results where Python's ``math`` raises, which matters in Numba's simulator, where these
+functions run as plain Python.
+
+Also the launch sizes and the few fixed kernels (fill) that are not generated per plan. Only
+imported once ``fusegrad.cuda`` has found a usable ``numba.cuda``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import cuda
+
+from . import cuda as fg_cuda
+
+SIMULATOR = fg_cuda.is_simulator()
+# Launch sizes. The simulator runs each GPU thread as a Python thread, so it gets tiny blocks
+# (grid-stride loops keep any grid correct); a GPU gets the usual occupancy-friendly sizes.
+THREADS = 2 if SIMULATOR else 256  # threads per block of elementwise kernels
+MAX_BLOCKS = 2 if SIMULATOR else 65535  # grid-stride loops cover the rest
+RED_THREADS = 4 if SIMULATOR else 256  # threads per block of reductions (a power of two)
+TILE = 2 if SIMULATOR else 16  # matmul tile edge (TILE x TILE threads per block)
+
+_dev = cuda.jit(device=True)
+_INF = math.inf
+_NAN = math.nan
+
+
+def launch_1d(n: int) -> tuple[int, int]:
+    """(blocks, threads) for a grid-stride loop over n elements (n > 0)."""
+    threads = min(THREADS, max(32 if not SIMULATOR else 1, n))
+    return min(MAX_BLOCKS, -(-n // threads)), threads
+
+
+@_dev
+def _exp(x):
+    return math.exp(x) if x < 709.0 else (_INF if x == x else x)
+
+
+@_dev
+def exp_f32(x):
+    return np.float32(_exp(x))
+
+
+@_dev
+def exp_f64(x):
+    return _exp(x)
+
+
+@_dev
+def _log(x):
+    return math.log(x) if x > 0 else (-_INF if x == 0 else _NAN)
+
+
+@_dev
+def log_f32(x):
+    return np.float32(_log(x))
+
+
+@_dev
+def log_f64(x):
+    return _log(x)
+
+
+@_dev
+def tanh_f32(x):
+    return np.float32(math.tanh(x))
+
+
+@_dev
+def tanh_f64(x):
+    return math.tanh(x)
+
+
+@_dev
+def sigmoid_f32(x):
+    return np.float32(1.0 / (1.0 + _exp(-x)))
+
+
+@_dev
+def sigmoid_f64(x):
+    return 1.0 / (1.0 + _exp(-x))
+
+
+@_dev
+def erf_f32(x):
+    return np.float32(math.erf(x))
+
+
+@_dev
+def erf_f64(x):
+    return math.erf(x)
+
+
+@_dev
+def gelu_f32(x):
+    return np.float32(0.5 * x * (1.0 + math.erf(x * 0.7071067811865476)))
+
+
+@_dev
+def gelu_f64(x):
+    return 0.5 * x * (1.0 + math.erf(x * 0.7071067811865476))
+
+
+@_dev
+def _sqrt(x):
+    return math.sqrt(x) if x >= 0 else _NAN
+
+
+@_dev
+def sqrt_f32(x):
+    return np.float32(_sqrt(x))
+
+
+@_dev
+def sqrt_f64(x):
+    return _sqrt(x)
+
+
+@_dev
+def sin_f32(x):
+    return np.float32(math.sin(x))
+
+
+@_dev
+def sin_f64(x):
+    return math.sin(x)
+
+
+@_dev
+def cos_f32(x):
+    return np.float32(math.cos(x))
+
+
+@_dev
+def cos_f64(x):
+    return math.cos(x)
+
+
+@_dev
+def sign_f32(x):
+    return np.float32(1 if x > 0 else (-1 if x < 0 else 0)) if x == x else x
+
+
+@_dev
+def sign_f64(x):
+    return np.float64(1 if x > 0 else (-1 if x < 0 else 0)) if x == x else x
+
+
+@_dev
+def sign_i(x):
+    return 1 if x > 0 else (-1 if x < 0 else 0)
+
+
+@cuda.jit(cache=True)
+def fill_flat(out, value):
+    """out[:] = value over a 1-D (flattened) device array."""
+    for i in range(cuda.grid(1), out.size, cuda.gridsize(1)):
+        out[i] = value
+
+
+__all__ = [n for n in dir() if n.endswith(("_f32", "_f64", "_i"))]
