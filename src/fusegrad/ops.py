@@ -216,21 +216,30 @@ class Pow(Elementwise):
 
 @defop
 class PowScalar(Elementwise):
-    """x ** e for a Python number e; e is static (the renderer specialises x*x, sqrt...)."""
+    """x ** e for a Python number e. The exponents the renderer turns into multiplications
+    (-1, 0, 1, 2, 3) are static; any other exponent of a float tensor is a runtime scalar
+    argument, so changing it never recompiles."""
 
     name, grad_fn, rule = "pow_scalar", "PowBackward0", "same"
+    STATIC = (-1, 0, 1, 2, 3)
 
     def result_dtype(self, parts):
         return None, None  # depends on the exponent: eager() decides, infer() mirrors it
 
+    @staticmethod
+    def exponent(args, attrs):
+        e = attrs["exponent"]
+        return args[1] if e is None else e
+
     def infer(self, args, attrs):
-        (x,) = args
+        x = args[0]
         d = x.dtype
-        if not d.is_floating_point and not float(attrs["exponent"]).is_integer():
+        if not d.is_floating_point and not float(self.exponent(args, attrs)).is_integer():
             d = float32
         return x.shape, d
 
-    def eager(self, x, exponent):
+    def eager(self, x, e=None, *, exponent):
+        exponent = e if exponent is None else exponent
         with np.errstate(all="ignore"):
             if exponent == 2:
                 return np.multiply(x, x)
@@ -241,24 +250,24 @@ class PowScalar(Elementwise):
     @staticmethod
     def lower(args, attrs, cast):
         x, e = args[0], attrs["exponent"]
+        if e is None:
+            return f"({x} ** {args[1]})"
         if e == 1:
             return x
         if e == 2:
             return f"({x} * {x})"
         if e == 3:
             return f"({x} * {x} * {x})"
-        if e == 0.5:
-            return f"sqrt({x})"
         if e == -1:
             return f"({cast}(1) / {x})"
         return f"({x} ** {cast}({e!r}))"
 
     def vjp(n, g):
-        (x,) = n.args
-        e = n.attrs["exponent"]
+        x = n.args[0]
+        e = PowScalar.exponent(n.args, n.attrs)
         if e == 0:
-            return (g * 0.0,)
-        return (g * (x ** (e - 1) * e) if e != 2 else g * (x * 2.0),)
+            return (g * 0.0,) + (None,) * (len(n.args) - 1)
+        return (g * (x ** (e - 1) * e) if e != 2 else g * (x * 2.0),) + (None,) * (len(n.args) - 1)
 
 
 def _ufunc_unary(name, grad_fn, fn, lower, vjp, rule="float", saves_out=False, needs=True):

@@ -641,7 +641,10 @@ class Tensor:
 
     def pow(self, e):
         if isinstance(e, (int, float)) and not isinstance(e, bool):
-            return apply(ops.REGISTRY["pow_scalar"], (self,), {"exponent": e})
+            op = ops.REGISTRY["pow_scalar"]
+            if e in op.STATIC or not self.dtype.is_floating_point:
+                return apply(op, (self,), {"exponent": e})
+            return apply(op, (self, e), {"exponent": None})  # a runtime scalar
         return self._bin("pow", e)
 
     def square(self):

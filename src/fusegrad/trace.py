@@ -204,7 +204,13 @@ class Tracer:
         raise TypeError(f"fusegrad.compile: cannot trace an argument of type {type(a).__name__}")
 
     def record(self, op, args, attrs):
-        ins = tuple([self.node_of(a) for a in args])
+        n = self._node(op, tuple([self.node_of(a) for a in args]), attrs)
+        store = T.Store(n)
+        self.live.append(weakref.ref(store))
+        return T._wrap_store(store)
+
+    def _node(self, op, ins: tuple, attrs: dict) -> Node:
+        """The node of op on ins: the followed graph's, or a new one (shape rule, source line)."""
         n = None
         if self.exp is not None:
             n = self._next()
@@ -221,9 +227,7 @@ class Tracer:
             if self.verify:
                 n.shadow = _shadow_eval(op, ins, attrs)
         self.nodes.append(n)
-        store = T.Store(n)
-        self.live.append(weakref.ref(store))
-        return T._wrap_store(store)
+        return n
 
     def record_update(self, op, args, attrs):
         """A multi-tensor in-place update: one node, then one alias node per written tensor."""
@@ -236,12 +240,16 @@ class Tracer:
                     f"a compiled update needs contiguous tensors; make it contiguous once, "
                     f"outside the compiled step"
                 )
-        token = self.record(op, args, attrs)
+        token = self._node(op, tuple([self.node_of(a) for a in args]), attrs)
+        updated = ops.REGISTRY["updated"]
         for t in written:
-            self.assign(t._s, self.record(ops.REGISTRY["updated"], (token, t), {})._s)
+            self._write(t._s, self._node(updated, (token, self.node_of(t)), _NO_ATTRS))
 
     def assign(self, store, src_store):
         """An in-place write (optimizer update, grad accumulation) to a store."""
+        self._write(store, src_store.v)
+
+    def _write(self, store, node: Node):
         v = store.v
         if type(v) is Node and v.op not in ("input", "scalar") and v.op.kind == "view" and not (
             v.op.name == "getitem" and "T" in v.attrs["index"]
@@ -252,12 +260,11 @@ class Tracer:
                 f"write would not reach the viewed tensor; use clone() first, or write to the "
                 f"original tensor (at {user_line()})"
             )
-        if type(v) is np.ndarray or type(v) is CudaArray:
-            node = self._input(store)
-            self.mutated[id(store)] = (store, node)
+        if type(v) is not Node:
+            self.mutated[id(store)] = (store, self._input(store))
         elif id(store) not in self.mutated:
             self.live.append(weakref.ref(store))
-        store.v = src_store.v
+        store.v = node
 
     # ---- running
     def pending(self) -> bool:
@@ -301,6 +308,9 @@ class Tracer:
             raise
         for s, r in zip(stores, results):
             s.v = r
+
+
+_NO_ATTRS: dict = {}
 
 
 def _is_input(e: Node, shape: tuple, dtype, cuda: bool) -> bool:
