@@ -227,10 +227,6 @@ def _truncate(path):
 
 
 @pytest.mark.parametrize("suffix", [".nbi", ".nbc"], ids=["index", "data"])
-@pytest.mark.xfail(reason="BUG: a truncated Numba cache file (.nbi index or .nbc machine code) "
-                          "in FUSEGRAD_CACHE_DIR/__pycache__ crashes the compiled step with "
-                          "_pickle.UnpicklingError instead of recompiling the kernel",
-                   strict=True)
 def test_damaged_numba_machine_code_is_recompiled_not_a_crash(suffix, warm_cache, script,
                                                              eager_reference, tmp_path):
     d = copy_of(warm_cache[0], tmp_path)

@@ -8,8 +8,10 @@ on every call, so a cached step allocates nothing but the arrays it hands back (
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
+import traceback
 
 import numpy as np
 
@@ -90,7 +92,7 @@ class _FirstCall:
         before = len(disp.signatures)
         hits = sum(disp.stats.cache_hits.values())
         try:
-            disp(*args)
+            _call_healing(disp, args)
         except Exception as e:
             if "numba" not in type(e).__module__:
                 raise
@@ -110,6 +112,21 @@ class _FirstCall:
                          self.ex.compiled_now, total, elapsed)
         else:
             stats.kernel_hits += 1
+
+
+def _call_healing(disp, args: tuple) -> None:
+    """Call a kernel for the first time. Machine code on disk that Numba cannot read back (a
+    truncated or garbage .nbi/.nbc file) is dropped, and the kernel is compiled afresh."""
+    try:
+        disp(*args)
+    except Exception as e:
+        if not any(f.filename.endswith(os.path.join("numba", "core", "caching.py"))
+                   for f in traceback.extract_tb(e.__traceback__)):
+            raise
+        log.warning("fusegrad: unreadable Numba cache for %s (%s); recompiling it",
+                    disp.__name__, type(e).__name__)
+        disp._cache.flush()
+        disp(*args)
 
 
 def interpret(graph, arrays: list, scalars: list) -> list:
