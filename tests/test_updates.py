@@ -87,7 +87,7 @@ def test_compiled_update_equals_eager_float32(name, cfg, op):
 
 def test_large_parameter_update_runs_in_parallel_and_equals_eager():
     # above codegen.PARALLEL_MIN elements the update loop is a prange
-    step, _ = _run("Adam", dict(lr=0.01), np.float32, shapes=[(512, 300), (7,)], steps=3)
+    step, _ = _run("Adam", dict(lr=0.01), np.float32, shapes=[(1024, 300), (7,)], steps=3)
     ex = next(iter(step.graphs.values()))
     (src,) = [s for _, _, s in ex.sources]
     assert "prange" in src and "parallel=True" in src

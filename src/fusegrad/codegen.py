@@ -19,7 +19,7 @@ import numpy as np
 from . import dtypes, ops
 from .fuse import Plan, Step
 
-PARALLEL_MIN = 1 << 17  # loops with fewer elements run on one core (thread wake-up costs more)
+PARALLEL_MIN = 1 << 18  # loops with fewer elements run on one core (thread wake-up costs more)
 CHUNK = 1024  # a reduction's innermost loop runs in chunks of this many elements
 _FN = re.compile(r"\b(exp|log|tanh|sigmoid|erf|gelu|sqrt|sin|cos|sign)\(")
 _MATH = re.compile(r"\b(exp|log|tanh|sigmoid|erf|gelu|sin|cos)_f(32|64)\(")  # calls in rendered code
