@@ -43,6 +43,7 @@ def defop(cls):
     if fn is not None and not isinstance(fn, staticmethod):
         cls.vjp = staticmethod(fn)  # vjp(n, g): the node is its context, not self
     op = cls()
+    op.plans = {}  # eager dispatch: input dtypes -> (casts, output dtype), see tensor._eager
     assert op.name not in REGISTRY, op.name
     REGISTRY[op.name] = op
     return cls
@@ -105,14 +106,26 @@ def part(x) -> tuple:
     return (dtypes.scalar_dtype(x), 0)
 
 
-def _quiet(fn):
-    """numpy warns on log(0), 1/0, overflow; PyTorch returns inf/nan silently, so do we."""
+class _SetErr:
+    """numpy < 2 fallback of NP_ERRSTATE: np.seterr, undone by reset."""
 
-    def run(*a, **k):
-        with np.errstate(all="ignore"):
-            return fn(*a, **k)
+    def set(self, mode: dict) -> dict:
+        return np.seterr(**mode)
 
-    return run
+    def reset(self, old: dict) -> None:
+        np.seterr(**old)
+
+
+# numpy warns on log(0), 1/0, overflow; PyTorch returns inf/nan silently, so eager kernels run
+# with NP_ERRSTATE.set(NP_QUIET) ... reset(token). numpy >= 2 keeps its error state in a context
+# variable; setting it directly costs ~0.1 us, where ``with np.errstate()`` costs ~2 us per op.
+try:
+    from numpy._core.umath import _extobj_contextvar as NP_ERRSTATE
+    from numpy._core.umath import _make_extobj
+
+    NP_QUIET = _make_extobj(all="ignore")
+except ImportError:  # numpy 1.x
+    NP_ERRSTATE, NP_QUIET = _SetErr(), {"all": "ignore"}
 
 
 def _reduced_numel(shape: tuple, dims) -> int:
@@ -190,7 +203,7 @@ class Mul(Elementwise):
 @defop
 class Div(Elementwise):
     name, grad_fn, lower, rule = "div", "DivBackward0", "({0} / {1})", "float"
-    eager = staticmethod(_quiet(np.true_divide))
+    eager = staticmethod(np.true_divide)
 
     def vjp(n, g):
         a, b = n.args
@@ -204,7 +217,7 @@ class Pow(Elementwise):
     """tensor ** tensor (or scalar ** tensor); tensor ** number is PowScalar."""
 
     name, grad_fn, lower, rule = "pow", "PowBackward1", "({0} ** {1})", "promote"
-    eager = staticmethod(_quiet(np.power))
+    eager = staticmethod(np.power)
     saves_out = True
 
     def vjp(n, g):
@@ -231,12 +244,11 @@ class PowScalar(Elementwise):
         return x.shape, d
 
     def eager(self, x, exponent):
-        with np.errstate(all="ignore"):
-            if exponent == 2:
-                return np.multiply(x, x)
-            if not float(exponent).is_integer() and not np.issubdtype(x.dtype, np.floating):
-                x = x.astype(np.float32)
-            return np.power(x, exponent if not np.issubdtype(x.dtype, np.floating) else x.dtype.type(exponent))
+        if exponent == 2:
+            return np.multiply(x, x)
+        if not float(exponent).is_integer() and not np.issubdtype(x.dtype, np.floating):
+            x = x.astype(np.float32)
+        return np.power(x, exponent if not np.issubdtype(x.dtype, np.floating) else x.dtype.type(exponent))
 
     @staticmethod
     def lower(args, attrs, cast):
@@ -267,7 +279,7 @@ def _ufunc_unary(name, grad_fn, fn, lower, vjp, rule="float", saves_out=False, n
         (Unary,),
         dict(
             name=name, grad_fn=grad_fn, lower=lower, rule=rule, saves_out=saves_out,
-            needs_inputs=needs, eager=staticmethod(_quiet(fn)), vjp=vjp,
+            needs_inputs=needs, eager=staticmethod(fn), vjp=vjp,
         ),
     )
     return REGISTRY[defop(cls).name]
@@ -541,8 +553,9 @@ class Mean(Reduce):
 
     def eager(self, x, dims, keepdim):
         self.out_dtype(dtypes.from_numpy_dtype(x.dtype))
-        with np.errstate(all="ignore"):
-            return np.mean(x, axis=dims, keepdims=keepdim)
+        # sum / count, as np.mean computes it, without its "Mean of empty slice" warning
+        total = np.sum(x, axis=dims, keepdims=keepdim)
+        return np.true_divide(total, _reduced_numel(x.shape, dims), dtype=x.dtype)
 
     def vjp(n, g):
         x = n.args[0]

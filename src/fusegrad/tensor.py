@@ -23,6 +23,9 @@ from .errors import op_error, user_line
 
 TRACER = [None]  # the active tracer (fusegrad.trace sets it); None in eager mode
 _NP2FG = {d.np: d for d in dtypes.ALL}
+_ZERO_DIM = {d.np: f"0-d {d.name}" for d in dtypes.ALL}  # dtype-plan keys of zero-dim tensors
+_new = object.__new__
+_NP_ERR, _NP_QUIET = ops.NP_ERRSTATE, ops.NP_QUIET
 
 
 class Store:
@@ -91,26 +94,65 @@ def _describe(args) -> str:
     return ", ".join(parts)
 
 
-def _eager(op, args, attrs):
-    arrays = [a._s.v if isinstance(a, Tensor) else a for a in args]
-    od = None
+def _eager(op, args, attrs) -> Tensor:
+    """Run op's numpy kernel now. Elementwise ops cast their inputs and result by PyTorch's
+    promotion rule, looked up per (op, input dtypes) so the rule runs once, not per call."""
     if op.kind == "elementwise":
-        cd, od = op.result_dtype(tuple(ops.part(a) for a in args))
-        if cd is not None:
-            for i, a in enumerate(arrays):
-                if type(a) is np.ndarray and a.dtype != cd.np:
-                    arrays[i] = a.astype(cd.np)
+        arrays, key = [], []
+        for a in args:
+            if isinstance(a, Tensor):
+                v = a._s.v
+                arrays.append(v)
+                key.append(v.dtype if v.ndim else _ZERO_DIM[v.dtype])
+            else:
+                arrays.append(a)
+                key.append(type(a))
+        key = tuple(key)
+        plan = op.plans.get(key)
+        if plan is None:
+            plan = op.plans[key] = _dtype_plan(op, args)
+        casts, od = plan
+        for i, d in casts:
+            arrays[i] = arrays[i].astype(d)
+    else:
+        arrays = [a._s.v if isinstance(a, Tensor) else a for a in args]
+        od = None
+    tok = _NP_ERR.set(_NP_QUIET)  # PyTorch returns inf/nan silently; numpy would warn
     try:
         r = op.eager(*arrays, **attrs)
+        if type(r) is not np.ndarray:
+            r = np.asarray(r)
+        if od is not None:
+            if r.dtype != od:
+                r = r.astype(od)
+        elif r.dtype not in _NP2FG:
+            r = r.astype(_normalize_np_dtype(r.dtype))
     except (ValueError, TypeError, IndexError) as e:
         raise _op_error(op, args, attrs, e) from None
-    if type(r) is not np.ndarray:
-        r = np.asarray(r)
-    if od is not None and r.dtype != od.np:
-        r = r.astype(od.np)
-    elif r.dtype not in _NP2FG:
-        r = r.astype(_normalize_np_dtype(r.dtype))
-    return _wrap(r)
+    finally:
+        _NP_ERR.reset(tok)
+    s = _new(Store)
+    s.v = r
+    s.version = 0
+    t = _new(Tensor)
+    t._s = s
+    t.requires_grad = False
+    t.grad = None
+    t.grad_fn = None
+    t._retains = False
+    return t
+
+
+def _dtype_plan(op, args) -> tuple:
+    """(casts, output numpy dtype) of an elementwise op: casts are (position, numpy dtype) of
+    the tensor inputs whose dtype differs from the compute dtype."""
+    cd, od = op.result_dtype(tuple(ops.part(a) for a in args))
+    casts = ()
+    if cd is not None:
+        casts = tuple(
+            (i, cd.np) for i, a in enumerate(args) if isinstance(a, Tensor) and a.dtype is not cd
+        )
+    return casts, (None if od is None else od.np)
 
 
 def _op_error(op, args, attrs, e) -> RuntimeError:
@@ -124,27 +166,35 @@ def _op_error(op, args, attrs, e) -> RuntimeError:
     return op_error(op.name, f"{msg}; got ({_describe(args)})")
 
 
-def apply(op, args: tuple, attrs: dict):
+def apply(op, args: tuple, attrs: dict) -> Tensor:
     """Run (eager) or record (traced) one op, and attach its autograd node."""
     tr = TRACER[0]
-    if tr is not None:
+    if tr is None:
+        out = _eager(op, args, attrs)
+    else:
         try:
             out = tr.record(op, args, attrs)
         except (ValueError, TypeError, IndexError) as e:
             raise _op_error(op, args, attrs, e) from None
-    else:
-        out = _eager(op, args, attrs)
     if GRAD[0] and op.differentiable:
-        needs = tuple(isinstance(a, Tensor) and a.requires_grad for a in args)
-        if True in needs and out.dtype.is_floating_point:
-            node = Node(op, args, attrs, tuple(_edge(a) for a in args), needs)
-            if op.needs_inputs:
-                node.versions = tuple(a._s.version if isinstance(a, Tensor) else None for a in args)
-            if op.saves_out:
-                node.out = _wrap_store(out._s)
-            out.requires_grad = True
-            out.grad_fn = node
+        for a in args:
+            if isinstance(a, Tensor) and a.requires_grad:
+                if out.dtype.is_floating_point:
+                    _record(op, args, attrs, out)
+                break
     return out
+
+
+def _record(op, args: tuple, attrs: dict, out: Tensor) -> None:
+    """Attach the autograd node of one op application to its output."""
+    needs = tuple(isinstance(a, Tensor) and a.requires_grad for a in args)
+    node = Node(op, args, attrs, tuple(_edge(a) for a in args), needs)
+    if op.needs_inputs:
+        node.versions = tuple(a._s.version if isinstance(a, Tensor) else None for a in args)
+    if op.saves_out:
+        node.out = _wrap_store(out._s)
+    out.requires_grad = True
+    out.grad_fn = node
 
 
 ops.DISPATCH = apply
@@ -161,7 +211,7 @@ def _wrap(arr: np.ndarray) -> Tensor:
 
 
 def _wrap_store(store: Store) -> Tensor:
-    t = object.__new__(Tensor)
+    t = _new(Tensor)
     t._s = store
     t.requires_grad = False
     t.grad = None
