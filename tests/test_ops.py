@@ -368,16 +368,9 @@ _VECMAT = (  # also 1-D @ 1-D, and linear of a 1-D input (its backward is g @ w 
 )
 
 BUGS: dict[tuple, str] = {
-    ("forward", "getitem", 11): _INDEX_ORDER,
-    ("torch", "getitem", 11): _INDEX_ORDER,
-    ("torch_name", "getitem", 8): _INDEX_NAME,
-    ("torch_name", "getitem", 9): _INDEX_NAME,
     ("torch_name", "squeeze", 1): _SQUEEZE_NAME,
     ("torch_name", "squeeze", 2): _SQUEEZE_NAME,
     ("torch_name", "squeeze", 3): _SQUEEZE_NAME,
-    ("compiled", "getitem", 7): _MASK_SHAPE,
-    ("compiled", "index_put", 4): _MASK_SHAPE,
-    ("compiled", "index_grad", 2): _MASK_SHAPE,
     ("compiled", "matmul", 2): _VECMAT,
     ("compiled", "matmul", 4): _VECMAT,
     ("compiled", "linear", 3): _VECMAT,

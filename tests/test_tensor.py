@@ -328,14 +328,17 @@ def test_in_place_error_names_the_op():
         torch.ones(3).add_(torch.ones(2, 3))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: an out-of-range index raises RuntimeError; PyTorch (and Python code that "
-    "catches it) expects IndexError",
-)
 def test_index_out_of_range_is_index_error():
-    with pytest.raises(IndexError):
-        torch.ones(3)[5]
+    x = torch.ones(3)
+    with pytest.raises(IndexError, match="getitem.*out of bounds.*test_tensor.py:"):
+        x[5]
+    with pytest.raises(IndexError, match="out of bounds"):
+        x[torch.tensor([4])]
+    with pytest.raises(IndexError, match="index_put_.*out of bounds"):
+        x[5] = 1.0
+    with pytest.raises(IndexError, match="out of bounds"):
+        (torch.ones(3, requires_grad=True) * 1)[5] = 1.0  # the recorded index_put
+    assert list(torch.arange(3)) == [0, 1, 2]  # iteration stops at the IndexError too
 
 
 def test_cuda_unavailable_errors():

@@ -525,8 +525,8 @@ class Sum(Reduce):
         return d if d.is_floating_point else int64
 
     def eager(self, x, dims, keepdim):
-        out = self.out_dtype(dtypes.from_numpy_dtype(x.dtype)).np
-        return np.sum(x, axis=dims, keepdims=keepdim, dtype=out)
+        out = x.dtype if x.dtype.kind == "f" else np.int64
+        return np.add.reduce(x, axis=dims, dtype=out, keepdims=keepdim)
 
     def vjp(n, g):
         x = n.args[0]
@@ -554,7 +554,7 @@ class Mean(Reduce):
     def eager(self, x, dims, keepdim):
         self.out_dtype(dtypes.from_numpy_dtype(x.dtype))
         # sum / count, as np.mean computes it, without its "Mean of empty slice" warning
-        total = np.sum(x, axis=dims, keepdims=keepdim)
+        total = np.add.reduce(x, axis=dims, keepdims=keepdim)
         return np.true_divide(total, _reduced_numel(x.shape, dims), dtype=x.dtype)
 
     def vjp(n, g):
@@ -580,14 +580,14 @@ def _extreme_vjp(n, g):
 @defop
 class Amax(Reduce):
     name, grad_fn, lower, saves_out = "amax", "AmaxBackward0", "max", True
-    eager = staticmethod(lambda x, dims, keepdim: np.max(x, axis=dims, keepdims=keepdim))
+    eager = staticmethod(lambda x, dims, keepdim: np.maximum.reduce(x, axis=dims, keepdims=keepdim))
     vjp = _extreme_vjp
 
 
 @defop
 class Amin(Reduce):
     name, grad_fn, lower, saves_out = "amin", "AminBackward0", "min", True
-    eager = staticmethod(lambda x, dims, keepdim: np.min(x, axis=dims, keepdims=keepdim))
+    eager = staticmethod(lambda x, dims, keepdim: np.minimum.reduce(x, axis=dims, keepdims=keepdim))
     vjp = _extreme_vjp
 
 
@@ -648,7 +648,7 @@ class Reshape(View):
         return shape, x.dtype
 
     def eager(self, x, shape):
-        return np.reshape(x, shape)
+        return x.reshape(shape)
 
     def vjp(n, g):
         return (g.reshape(n.args[0].shape),)
@@ -673,7 +673,7 @@ class Permute(View):
         return tuple(s[d] for d in attrs["dims"]), args[0].dtype
 
     def eager(self, x, dims):
-        return np.transpose(x, dims)
+        return x.transpose(dims)
 
     def vjp(n, g):
         return (g.permute(*np.argsort(n.attrs["dims"]).tolist()),)
@@ -691,16 +691,41 @@ class T(Permute):
 
 def _index_arrays(index: tuple, arrays: tuple) -> tuple:
     """Put the runtime index arrays back into a static index tuple (slots marked 'T')."""
+    if not arrays:
+        return _static_index(index)
     it = iter(arrays)
-    return tuple(next(it) if i == "T" else (slice(*i[1:]) if type(i) is tuple else i) for i in index)
+    return tuple(next(it) if i == "T" else _index_item(i) for i in index)
+
+
+def _index_item(i):
+    """A static index element as numpy takes it: ("s", start, stop, step) is a slice and
+    ("b", flag) a Python bool (kept apart from the int 1, which compares equal to True)."""
+    if type(i) is tuple:
+        return slice(*i[1:]) if i[0] == "s" else i[1]
+    return i
+
+
+@lru_cache(maxsize=4096)
+def _static_index(index: tuple) -> tuple:
+    return tuple(_index_item(i) for i in index)
+
+
+_FULL_SLICES = ((None, None, None), (None, None, 1), (0, None, None), (0, None, 1))
 
 
 def index_kind(index: tuple) -> str:
-    if any(i == "T" for i in index):
+    """PyTorch's grad_fn name for x[index]: that of the last step its indexing takes (it
+    selects, slices and unsqueezes left to right, tensor and bool indices last)."""
+    if any(i == "T" or (type(i) is tuple and i[0] == "b") for i in index):
         return "IndexBackward0"
-    if all(type(i) is int for i in index):
-        return "SelectBackward0"
-    return "SliceBackward0"
+    for i in reversed(index):
+        if type(i) is int:
+            return "SelectBackward0"
+        if i is None:
+            return "UnsqueezeBackward0"
+        if type(i) is tuple and i[1:] not in _FULL_SLICES:
+            return "SliceBackward0"
+    return "AliasBackward0"
 
 
 @defop
@@ -720,7 +745,9 @@ class GetItem(View):
         return dummy[_index_arrays(attrs["index"], idx)].shape, x.dtype
 
     def eager(self, x, *idx, index):
-        return x[_index_arrays(index, idx)]
+        i = _index_arrays(index, idx)
+        r = x[i]
+        return r if type(r) is np.ndarray else x[i + (Ellipsis,)]  # a 0-d view, not a scalar
 
     def vjp(n, g):
         x, *idx = n.args

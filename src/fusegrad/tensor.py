@@ -97,7 +97,8 @@ def _describe(args) -> str:
 def _eager(op, args, attrs) -> Tensor:
     """Run op's numpy kernel now. Elementwise ops cast their inputs and result by PyTorch's
     promotion rule, looked up per (op, input dtypes) so the rule runs once, not per call."""
-    if op.kind == "elementwise":
+    kind = op.kind
+    if kind == "elementwise":
         arrays, key = [], []
         for a in args:
             if isinstance(a, Tensor):
@@ -117,22 +118,34 @@ def _eager(op, args, attrs) -> Tensor:
     else:
         arrays = [a._s.v if isinstance(a, Tensor) else a for a in args]
         od = None
+    if kind == "view":  # views keep the dtype and never warn
+        try:
+            r = op.eager(*arrays, **attrs)
+        except (ValueError, TypeError, IndexError) as e:
+            raise _op_error(op, args, attrs, e) from None
+        return _wrap(r if type(r) is np.ndarray else np.asarray(r))
     tok = _NP_ERR.set(_NP_QUIET)  # PyTorch returns inf/nan silently; numpy would warn
     try:
         r = op.eager(*arrays, **attrs)
         if type(r) is not np.ndarray:
             r = np.asarray(r)
+        rd = r.dtype
         if od is not None:
-            if r.dtype != od:
+            if rd is not od and rd != od:
                 r = r.astype(od)
-        elif r.dtype not in _NP2FG:
-            r = r.astype(_normalize_np_dtype(r.dtype))
+        elif rd not in _NP2FG:
+            r = r.astype(_normalize_np_dtype(rd))
     except (ValueError, TypeError, IndexError) as e:
         raise _op_error(op, args, attrs, e) from None
     finally:
         _NP_ERR.reset(tok)
+    return _wrap(r)
+
+
+def _wrap(arr: np.ndarray) -> Tensor:
+    """A new tensor with its own Store (the hot path of every op; no __init__ calls)."""
     s = _new(Store)
-    s.v = r
+    s.v = arr
     s.version = 0
     t = _new(Tensor)
     t._s = s
@@ -155,7 +168,10 @@ def _dtype_plan(op, args) -> tuple:
     return casts, (None if od is None else od.np)
 
 
-def _op_error(op, args, attrs, e) -> RuntimeError:
+def _op_error(op, args, attrs, e) -> Exception:
+    """The error of a failed op, naming it, its arguments and the user's line: a RuntimeError
+    as PyTorch raises, or an IndexError for an index out of range (as PyTorch, and Python code
+    that catches IndexError, expect)."""
     msg = str(e)
     try:  # the shape rule words the problem as PyTorch does, identically in traced mode
         op.infer(args, attrs)
@@ -163,7 +179,8 @@ def _op_error(op, args, attrs, e) -> RuntimeError:
         msg = str(rule_error)
     except Exception:
         pass
-    return op_error(op.name, f"{msg}; got ({_describe(args)})")
+    cls = IndexError if isinstance(e, IndexError) else RuntimeError
+    return op_error(op.name, f"{msg}; got ({_describe(args)})", cls)
 
 
 def apply(op, args: tuple, attrs: dict) -> Tensor:
@@ -187,8 +204,15 @@ def apply(op, args: tuple, attrs: dict) -> Tensor:
 
 def _record(op, args: tuple, attrs: dict, out: Tensor) -> None:
     """Attach the autograd node of one op application to its output."""
-    needs = tuple(isinstance(a, Tensor) and a.requires_grad for a in args)
-    node = Node(op, args, attrs, tuple(_edge(a) for a in args), needs)
+    needs, edges = [], []
+    for a in args:
+        if isinstance(a, Tensor) and a.requires_grad:
+            needs.append(True)
+            edges.append(a.grad_fn or a)  # the producer, or the leaf itself
+        else:
+            needs.append(False)
+            edges.append(None)
+    node = Node(op, args, attrs, tuple(edges), tuple(needs))
     if op.needs_inputs:
         node.versions = tuple(a._s.version if isinstance(a, Tensor) else None for a in args)
     if op.saves_out:
@@ -198,16 +222,6 @@ def _record(op, args: tuple, attrs: dict, out: Tensor) -> None:
 
 
 ops.DISPATCH = apply
-
-
-def _edge(a):
-    if not isinstance(a, Tensor) or not a.requires_grad:
-        return None
-    return a.grad_fn if a.grad_fn is not None else a
-
-
-def _wrap(arr: np.ndarray) -> Tensor:
-    return _wrap_store(Store(arr))
 
 
 def _wrap_store(store: Store) -> Tensor:
@@ -243,7 +257,7 @@ def _value(t: Tensor) -> np.ndarray:
 
 
 def _scalar_or_tensor(x):
-    if isinstance(x, (Tensor, bool, int, float)):
+    if isinstance(x, _OPERAND):
         return x
     if isinstance(x, (np.ndarray, np.generic, list, tuple)):
         return tensor(x)
@@ -252,14 +266,18 @@ def _scalar_or_tensor(x):
 
 def _normalize_index(idx) -> tuple[tuple, list]:
     """A static, hashable index (slices as tuples, tensors as 'T') plus the index tensors."""
+    if type(idx) is int:
+        return (idx,), []
     if not isinstance(idx, tuple):
         idx = (idx,)
     static, tensors = [], []
     for i in idx:
         if isinstance(i, slice):
             static.append(("s", i.start, i.stop, i.step))
-        elif i is None or i is Ellipsis or isinstance(i, (bool, np.bool_)):
+        elif i is None or i is Ellipsis:
             static.append(i)
+        elif isinstance(i, (bool, np.bool_)):
+            static.append(("b", bool(i)))
         elif isinstance(i, (int, np.integer)):
             static.append(int(i))
         elif isinstance(i, Tensor):
@@ -270,7 +288,52 @@ def _normalize_index(idx) -> tuple[tuple, list]:
             tensors.append(tensor(i))
         else:
             raise IndexError(f"fusegrad: unsupported index {i!r}")
+    if TRACER[0] is not None and any(t.dtype is bool_ for t in tensors):
+        return _mask_to_positions(static, tensors)
     return tuple(static), tensors
+
+
+def _mask_to_positions(static: list, tensors: list) -> tuple[tuple, list]:
+    """Inside a compiled call, x[mask] has a shape that depends on the mask's values: read the
+    mask (a graph break if it is pending) and index with its nonzero positions instead."""
+    out_static, out_tensors, it = [], [], iter(tensors)
+    for i in static:
+        if i != "T":
+            out_static.append(i)
+            continue
+        t = next(it)
+        if t.dtype is not bool_:
+            out_static.append(i)
+            out_tensors.append(t)
+            continue
+        for pos in np.nonzero(_value(t)):
+            out_static.append("T")
+            out_tensors.append(_wrap(pos.astype(np.int64)))
+    return tuple(out_static), out_tensors
+
+
+_FULL = ("s", None, None, None)
+
+
+def _select_first(index: tuple, tensors: list) -> tuple[tuple, tuple] | None:
+    """PyTorch applies int indices (selects) before tensor indices, where numpy would mix them
+    into one advanced index: x[1, :, t] is x[1, :, :][:, t]. The two indices, or None."""
+    if not tensors or not any(type(i) is int for i in index) or ("b", True) in index or (
+        ("b", False) in index
+    ):
+        return None
+    first, second, it = [], [], iter(tensors)
+    for i in index:
+        if i == "T":
+            t = next(it)
+            first.extend([_FULL] * (t.dim() if t.dtype is bool_ else 1))
+            second.append(i)
+        elif type(i) is int:
+            first.append(i)
+        else:
+            first.append(i)
+            second.append(i if i is Ellipsis else _FULL)
+    return tuple(first), tuple(second)
 
 
 def _dims(dim, ndim: int):
@@ -539,9 +602,9 @@ class Tensor:
 
     # ---- elementwise math
     def _bin(self, name, other, reverse=False):
-        other = _scalar_or_tensor(other)
-        args = (other, self) if reverse else (self, other)
-        return apply(ops.REGISTRY[name], args, {})
+        if not isinstance(other, _OPERAND):
+            other = _scalar_or_tensor(other)
+        return apply(_OPS[name], (other, self) if reverse else (self, other), {})
 
     def __add__(self, o):
         return self._bin("add", o)
@@ -682,8 +745,10 @@ class Tensor:
         return self.clamp(max=max)
 
     def _unary(name):  # noqa: N805  (builds methods below)
+        op = ops.REGISTRY[name]
+
         def method(self):
-            return apply(ops.REGISTRY[name], (self,), {})
+            return apply(op, (self,), {})
 
         method.__name__ = name
         return method
@@ -878,7 +943,11 @@ class Tensor:
     # ---- indexing
     def __getitem__(self, idx):
         index, tensors = _normalize_index(idx)
-        return apply(ops.REGISTRY["getitem"], (self, *tensors), {"index": index})
+        split = _select_first(index, tensors)
+        if split is not None:
+            first = apply(_OPS["getitem"], (self,), {"index": split[0]})
+            return apply(_OPS["getitem"], (first, *tensors), {"index": split[1]})
+        return apply(_OPS["getitem"], (self, *tensors), {"index": index})
 
     def __setitem__(self, idx, value):
         index, tensors = _normalize_index(idx)
@@ -896,7 +965,8 @@ class Tensor:
             try:
                 self._s.v[ops._index_arrays(index, [t._s.v for t in tensors])] = v
             except (ValueError, IndexError, TypeError) as e:
-                raise op_error("index_put_", f"{e}; got ({_describe((self, value))})") from None
+                cls = IndexError if isinstance(e, IndexError) else RuntimeError
+                raise op_error("index_put_", f"{e}; got ({_describe((self, value))})", cls) from None
             self._s.version += 1
         else:
             r = apply(ops.REGISTRY["index_put"], (self, value, *tensors), {"index": index})
@@ -1024,6 +1094,10 @@ def _copy_like(src, dst: Tensor) -> Tensor:
     if tuple(out.shape) != tuple(dst.shape):
         out = out.expand(dst.shape)
     return apply(ops.REGISTRY["clone"], (out,), {})
+
+
+_OPERAND = (Tensor, bool, int, float)  # what ops take as is; lists and arrays become tensors
+_OPS = ops.REGISTRY
 
 
 class Parameter(Tensor):
