@@ -368,9 +368,6 @@ _VECMAT = (  # also 1-D @ 1-D, and linear of a 1-D input (its backward is g @ w 
 )
 
 BUGS: dict[tuple, str] = {
-    ("torch_name", "squeeze", 1): _SQUEEZE_NAME,
-    ("torch_name", "squeeze", 2): _SQUEEZE_NAME,
-    ("torch_name", "squeeze", 3): _SQUEEZE_NAME,
     ("compiled", "matmul", 2): _VECMAT,
     ("compiled", "matmul", 4): _VECMAT,
     ("compiled", "linear", 3): _VECMAT,

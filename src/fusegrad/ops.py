@@ -285,6 +285,9 @@ def _ufunc_unary(name, grad_fn, fn, lower, vjp, rule="float", saves_out=False, n
     return REGISTRY[defop(cls).name]
 
 
+_ZERO = {d.np: np.zeros((), d.np) for d in dtypes.ALL}  # numpy converts a Python 0 slowly
+
+
 def _sigmoid(x):
     return 1.0 / (1.0 + np.exp(-x))
 
@@ -334,7 +337,7 @@ _ufunc_unary(
     lambda n, g: (g * (n.out * (1 - n.out)),), saves_out=True,
 )
 _ufunc_unary(
-    "relu", "ReluBackward0", lambda x: np.maximum(x, 0), "max({0}, 0)",
+    "relu", "ReluBackward0", lambda x: np.maximum(x, _ZERO[x.dtype]), "max({0}, 0)",
     lambda n, g: (g * (n.out > 0),), "same", saves_out=True,
 )
 _ufunc_unary("abs", "AbsBackward0", np.abs, "abs({0})", lambda n, g: (g * n.args[0].sign(),), "same")
@@ -661,7 +664,16 @@ class Unsqueeze(Reshape):
 
 @defop
 class Squeeze(Reshape):
+    """A reshape; ``dim`` (None, an int or a tuple, as given) only names the grad_fn."""
+
     name, grad_fn = "squeeze", "SqueezeBackward0"
+
+    def node_name(self, attrs):
+        dim = attrs["dim"]
+        return "SqueezeBackward" + ("0" if dim is None else "1" if type(dim) is int else "2")
+
+    def eager(self, x, shape, dim):
+        return x.reshape(shape)
 
 
 @defop
@@ -795,6 +807,13 @@ class IndexPut(Op):
 
 
 # --------------------------------------------------------------------------- extern (BLAS etc.)
+def _matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """np.matmul; np.dot where it means the same (1-D and 2-D operands), as it costs less."""
+    if 0 < a.ndim < 3 and 0 < b.ndim < 3:
+        return np.dot(a, b)
+    return np.matmul(a, b)
+
+
 @defop
 class Matmul(Op):
     name, grad_fn = "matmul", "MmBackward0"
@@ -815,7 +834,7 @@ class Matmul(Op):
         out = batch + (sa[-2],) * (len(sa) > 1) + (sb[-1],) * (len(sb) > 1)
         return out, dtypes.promote((part(a), part(b)))
 
-    eager = staticmethod(np.matmul)
+    eager = staticmethod(_matmul)
 
     def vjp(n, g):
         a, b = n.args
@@ -853,7 +872,7 @@ class Linear(Op):
         return x.shape[:-1] + (w.shape[0],), dtypes.promote(tuple(part(a) for a in args))
 
     def eager(self, x, w, b=None):
-        out = np.matmul(x, w.T)
+        out = _matmul(x, w.T)
         if b is not None:
             out += b
         return out
@@ -879,7 +898,7 @@ class MatmulT(Op):
         return x.shape[:-1] + (w.shape[0],), x.dtype
 
     def eager(self, x, w):
-        return np.matmul(x, w.T)
+        return _matmul(x, w.T)
 
 
 @defop

@@ -313,6 +313,7 @@ def _mask_to_positions(static: list, tensors: list) -> tuple[tuple, list]:
 
 
 _FULL = ("s", None, None, None)
+_T_DIMS = ((), (0,), (1, 0))  # t()'s permutation by rank
 
 
 def _select_first(index: tuple, tensors: list) -> tuple[tuple, tuple] | None:
@@ -363,9 +364,9 @@ def _dim(d: int, ndim: int) -> int:
 
 
 def _shape_arg(shape) -> tuple:
-    if len(shape) == 1 and isinstance(shape[0], (tuple, list, Size)):
+    if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
         shape = shape[0]
-    return tuple(int(s) for s in shape)
+    return tuple(map(int, shape))
 
 
 MinMax = namedtuple("MinMax", ["values", "indices"])
@@ -798,7 +799,7 @@ class Tensor:
             if known == 0 or n % known:
                 raise op_error("reshape", f"shape '{list(shape)}' is invalid for input of size {n}")
             shape = tuple(n // known if s == -1 else s for s in shape)
-        return apply(ops.REGISTRY["reshape"], (self,), {"shape": shape})
+        return apply(_OPS["reshape"], (self,), {"shape": shape})
 
     view = reshape
 
@@ -826,7 +827,8 @@ class Tensor:
         else:
             dims = _dims(dim, len(s)) or ()
             new = tuple(x for i, x in enumerate(s) if not (i in dims and x == 1))
-        return apply(ops.REGISTRY["squeeze"], (self,), {"shape": new})
+            dim = int(dim) if isinstance(dim, (int, np.integer)) else tuple(dims)
+        return apply(_OPS["squeeze"], (self,), {"shape": new, "dim": dim})
 
     def expand(self, *shape):
         shape = _shape_arg(shape)
@@ -858,10 +860,10 @@ class Tensor:
         return apply(ops.REGISTRY["transpose"], (self,), {"dims": tuple(perm)})
 
     def t(self):
-        n = self.dim()
+        n = len(self._s.v.shape)
         if n > 2:
             raise op_error("t", f"t() expects a tensor with <= 2 dimensions, but self is {n}D")
-        return apply(ops.REGISTRY["t"], (self,), {"dims": tuple(range(n))[::-1]})
+        return apply(_OPS["t"], (self,), {"dims": _T_DIMS[n]})
 
     @property
     def T(self):
@@ -873,7 +875,8 @@ class Tensor:
 
     # ---- reductions
     def _reduce(self, name, dim, keepdim):
-        return apply(ops.REGISTRY[name], (self,), {"dims": _dims(dim, self.dim()), "keepdim": keepdim})
+        dims = None if dim is None else _dims(dim, len(self._s.v.shape))
+        return apply(_OPS[name], (self,), {"dims": dims, "keepdim": keepdim})
 
     def sum(self, dim=None, keepdim=False, dtype=None):
         out = self._reduce("sum", dim, keepdim)
