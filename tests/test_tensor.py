@@ -154,11 +154,6 @@ def test_retain_grad_on_intermediates():
     assert (x * 2).grad is None  # non-leaves keep no grad unless asked
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a retained non-leaf grad shares memory with a leaf's .grad that is later "
-    "accumulated into: in (a+b)*(b+1) with d=b+1, d.retain_grad() reports 5 (= b.grad), not 3",
-)
 def test_retain_grad_is_not_aliased_with_leaf_grad():
     a = torch.tensor(2.0, requires_grad=True)
     b = torch.tensor(1.0, requires_grad=True)
@@ -168,6 +163,12 @@ def test_retain_grad_is_not_aliased_with_leaf_grad():
     d.retain_grad()
     (c * d).backward()
     assert (c.grad.item(), d.grad.item(), a.grad.item(), b.grad.item()) == (2.0, 3.0, 2.0, 5.0)
+    x = torch.tensor([1.0], requires_grad=True)  # the leaf takes g first, the retained node after
+    h = x * 2
+    h.retain_grad()
+    e = x + h
+    (e * 3).sum().backward()
+    assert (h.grad.item(), x.grad.item()) == (3.0, 9.0)
 
 
 # ----------------------------------------------------------------------------- autograd
@@ -318,14 +319,14 @@ def test_dtype_mismatch_error_names_op_dtypes_and_user_line():
     assert "matmul" in msg and "float32" in msg and "float64" in msg and "test_tensor.py:" in msg
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a failed in-place op names 'in-place', not the op (add_): "
-    "'in-place: output with shape [3] doesn't match the broadcast shape [2, 3]'",
-)
 def test_in_place_error_names_the_op():
-    with pytest.raises(RuntimeError, match="add_"):
+    with pytest.raises(RuntimeError, match=r"add_: output with shape \[3\] doesn't match the "
+                       r"broadcast shape \[2, 3\] \(at test_tensor.py:"):
         torch.ones(3).add_(torch.ones(2, 3))
+    with pytest.raises(RuntimeError, match="mul_: result type float32 can't be cast"):
+        torch.tensor([1, 2]).mul_(1.5)
+    with pytest.raises(RuntimeError, match="add_: output with shape"):
+        (torch.ones(3, requires_grad=True) * 1).add_(torch.ones(2, 3))  # the recorded path
 
 
 def test_index_out_of_range_is_index_error():
@@ -443,25 +444,32 @@ def test_version_counter_error_on_modified_saved_input():
         c.sum().backward()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: an in-place op on a non-leaf that requires grad rebinds the tensor to a new "
-    "store instead of writing its memory: detach()/.data aliases and views do not see the "
-    "write (PyTorch: they do), and the version-counter error is never raised for it",
-)
 def test_in_place_on_non_leaf_is_seen_through_aliases():
     a = torch.tensor([1.0, 2.0, 3.0], requires_grad=True)
     b = a * 1
     d = b.detach()
+    v = b.detach()[1:]  # a numpy view of the same memory
     b.add_(1)
     np.testing.assert_array_equal(d.numpy(), [2.0, 3.0, 4.0])
+    np.testing.assert_array_equal(v.numpy(), [3.0, 4.0])
+    b.mul_(torch.tensor([1.0, 2.0, 3.0]))
+    np.testing.assert_array_equal(d.numpy(), [2.0, 6.0, 12.0])
+    b.sum().backward()
+    np.testing.assert_array_equal(a.grad.numpy(), [1.0, 2.0, 3.0])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: modifying a saved non-leaf in place (b = a*1; c = b*b; b.add_(1)) then "
-    "backward gives no 'modified by an inplace operation' error (PyTorch raises)",
-)
+def test_in_place_with_an_operand_that_requires_grad():
+    """x.mul_(w) with w requiring grad: x's memory changes, and w's gradient reads x's old value."""
+    x = torch.tensor([1.0, 2.0, 3.0])
+    d = x.detach()
+    w = torch.tensor([4.0, 5.0, 6.0], requires_grad=True)
+    x.mul_(w)
+    assert x.requires_grad and x.grad_fn.name() == "MulBackward0"
+    np.testing.assert_array_equal(d.numpy(), [4.0, 10.0, 18.0])
+    x.sum().backward()
+    np.testing.assert_array_equal(w.grad.numpy(), [1.0, 2.0, 3.0])
+
+
 def test_version_counter_error_on_modified_saved_non_leaf():
     a = torch.randn(3, requires_grad=True)
     b = a * 1
@@ -471,7 +479,67 @@ def test_version_counter_error_on_modified_saved_non_leaf():
         c.sum().backward()
 
 
-# ----------------------------------------------------------------------------- numpy bridge
+def test_version_counter_error_on_modified_saved_output():
+    a = torch.tensor([1.0, 2.0], requires_grad=True)
+    b = a.exp()  # ExpBackward0 saves its output
+    b.add_(1)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation.*output of ExpBackward0"):
+        b.sum().backward()
+    c = a * 2  # MulBackward0 saves only the scalar: changing c is fine
+    c.add_(1)
+    c.sum().backward()
+    np.testing.assert_array_equal(a.grad.numpy(), [2.0, 2.0])
+
+
+def test_in_place_on_view_of_tensor_requiring_grad_is_refused():
+    b = torch.ones(2, 3, requires_grad=True) * 2
+    with pytest.raises(RuntimeError, match="mul_: in-place change of a view"):
+        b[0].mul_(3)
+
+
+def test_fill_and_copy_of_non_leaf_cut_its_gradient():
+    a = torch.tensor([1.0, 2.0], requires_grad=True)
+    b = a * 3
+    b.fill_(5.0)
+    c = a * 3
+    c.copy_(torch.tensor([7.0, 8.0]))
+    (b.sum() + c.sum() + a.sum()).backward()
+    np.testing.assert_array_equal(b.detach().numpy(), [5.0, 5.0])
+    np.testing.assert_array_equal(c.detach().numpy(), [7.0, 8.0])
+    np.testing.assert_array_equal(a.grad.numpy(), [1.0, 1.0])
+
+
+def test_lerp_matches_pytorch_formula():
+    th = real_torch()
+    start = [1.0, 2.0, 1e8, -3.0]
+    end = [3.0, -2.0, 1.0, 5.0]
+    for w in (0.0, 0.25, 0.75, 1.0, [0.25, 0.75, 0.9, 1.0]):
+        got = torch.tensor(start)
+        want = th.tensor(start)
+        got.lerp_(torch.tensor(end), torch.tensor(w) if isinstance(w, list) else w)
+        want.lerp_(th.tensor(end), th.tensor(w) if isinstance(w, list) else w)
+        np.testing.assert_array_equal(got.numpy(), want.numpy())
+
+
+def test_grad_assignment_is_checked_like_pytorch():
+    x = torch.tensor([1.0, 2.0], requires_grad=True)
+    with pytest.raises(RuntimeError, match=r"gradient of size '\[3\]' to a tensor of size '\[2\]'"):
+        x.grad = torch.tensor([1.0, 2.0, 3.0])
+    with pytest.raises(RuntimeError, match="dtype 'float64'"):
+        x.grad = torch.tensor([1.0, 2.0], dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="dtype 'int64'"):
+        x.grad = torch.tensor([1, 2])
+    with pytest.raises(TypeError, match="got grad of type list"):
+        x.grad = [1.0, 2.0]
+    assert x.grad is None
+    g = torch.tensor([3.0, 4.0])
+    x.grad = g
+    (x * 1).sum().backward()  # accumulates into the assigned gradient
+    np.testing.assert_array_equal(x.grad.numpy(), [4.0, 5.0])
+    x.grad = None
+    assert x.grad is None
+
+
 def test_numpy_shares_memory():
     t = torch.zeros(3)
     n = t.numpy()
@@ -758,27 +826,17 @@ def test_repr_matches_pytorch(case):
     assert got == want
 
 
-_EMPTY_DTYPE = (
-    "BUG: an empty tensor of a non-default dtype prints no dtype: fusegrad prints "
-    "tensor([]) for an empty int64/bool tensor, PyTorch tensor([], dtype=torch.int64)"
-)
-
-
 @pytest.mark.parametrize(
     "arr",
     [
-        pytest.param(
-            np.zeros((0,), np.int64), marks=pytest.mark.xfail(reason=_EMPTY_DTYPE, strict=True)
-        ),
-        pytest.param(
-            np.zeros((0, 3), np.int64), marks=pytest.mark.xfail(reason=_EMPTY_DTYPE, strict=True)
-        ),
-        pytest.param(
-            np.zeros((0,), bool), marks=pytest.mark.xfail(reason=_EMPTY_DTYPE, strict=True)
-        ),
-        pytest.param(np.zeros((0, 2), np.int32)),
+        np.zeros((0,), np.int64),
+        np.zeros((0, 3), np.int64),
+        np.zeros((0,), bool),
+        np.zeros((0, 2), np.int32),
+        np.zeros((0,), np.float32),
+        np.zeros((2, 0), np.float64),
     ],
-    ids=["int64", "int64 2-d", "bool", "int32 2-d"],
+    ids=["int64", "int64 2-d", "bool", "int32 2-d", "float32", "float64 2-d"],
 )
 def test_repr_of_empty_non_float_tensors_matches_pytorch(arr):
     th = real_torch()
@@ -873,15 +931,7 @@ def test_example_runs_and_prints(name):
         assert "CUDA is not available; tensors stay on cpu" in out
 
 
-_EXAMPLES_VS_TORCH = [
-    "tensor_basics.py",
-    pytest.param(
-        "computation_graph.py",
-        marks=pytest.mark.xfail(
-            strict=True, reason="BUG: retained d.grad aliases b.grad (prints de/dd = 5, PyTorch 3)"
-        ),
-    ),
-]
+_EXAMPLES_VS_TORCH = ["tensor_basics.py", "computation_graph.py"]
 
 
 @pytest.mark.parametrize("name", _EXAMPLES_VS_TORCH)

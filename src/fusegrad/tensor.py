@@ -150,7 +150,7 @@ def _wrap(arr: np.ndarray) -> Tensor:
     t = _new(Tensor)
     t._s = s
     t.requires_grad = False
-    t.grad = None
+    t._grad = None
     t.grad_fn = None
     t._retains = False
     return t
@@ -228,7 +228,7 @@ def _wrap_store(store: Store) -> Tensor:
     t = _new(Tensor)
     t._s = store
     t.requires_grad = False
-    t.grad = None
+    t._grad = None
     t.grad_fn = None
     t._retains = False
     return t
@@ -374,7 +374,7 @@ MinMax = namedtuple("MinMax", ["values", "indices"])
 
 # --------------------------------------------------------------------------- Tensor
 class Tensor:
-    __slots__ = ("_s", "requires_grad", "grad", "grad_fn", "_retains", "__weakref__")
+    __slots__ = ("_s", "requires_grad", "_grad", "grad_fn", "_retains", "__weakref__")
     __array_priority__ = 1000
     __array_ufunc__ = None  # numpy defers to our reflected operators
 
@@ -385,7 +385,7 @@ class Tensor:
             arr = np.empty(_shape_arg(data), np.float32)
         self._s = Store(arr)
         self.requires_grad = False
-        self.grad = None
+        self._grad = None
         self.grad_fn = None
         self._retains = False
 
@@ -462,6 +462,33 @@ class Tensor:
             raise RuntimeError("only Tensors of floating point dtype can require gradients")
         self.requires_grad = requires_grad
         return self
+
+    @property
+    def grad(self) -> Tensor | None:
+        return self._grad
+
+    @grad.setter
+    def grad(self, g: Tensor | None) -> None:
+        """Checked like PyTorch's: a gradient has the tensor's shape and dtype."""
+        if g is not None:
+            if not isinstance(g, Tensor):
+                raise TypeError(
+                    f"assigned grad expected to be a Tensor or None but got grad of type "
+                    f"{type(g).__name__} (at {user_line()})"
+                )
+            if g.dtype is not self.dtype:
+                raise RuntimeError(
+                    f"attempting to assign a gradient with dtype '{g.dtype.name}' to a tensor "
+                    f"with dtype '{self.dtype.name}'. The gradient must match the tensor's dtype "
+                    f"(at {user_line()})"
+                )
+            if tuple(g._s.v.shape) != tuple(self._s.v.shape):
+                raise RuntimeError(
+                    f"attempting to assign a gradient of size '{list(g._s.v.shape)}' to a tensor "
+                    f"of size '{list(self._s.v.shape)}'. Please ensure that the gradient and the "
+                    f"tensor are the same size (at {user_line()})"
+                )
+        self._grad = g
 
     def retain_grad(self) -> None:
         if self.grad_fn is None:
@@ -955,14 +982,11 @@ class Tensor:
     def __setitem__(self, idx, value):
         index, tensors = _normalize_index(idx)
         value = _scalar_or_tensor(value)
-        recording = GRAD[0] and (
-            self.requires_grad or (isinstance(value, Tensor) and value.requires_grad)
-        )
-        if recording:
-            self._check_inplace("index_put_")
-            alias = self._alias()
-            r = apply(ops.REGISTRY["index_put"], (alias, value, *tensors), {"index": index})
-            self._rebind(r)
+        if GRAD[0] and (self.requires_grad or (isinstance(value, Tensor) and value.requires_grad)):
+            self._check_inplace("index_put_")  # index_put reads only x's shape: no snapshot
+            r = apply(_OPS["index_put"], (self._alias(), value, *tensors), {"index": index})
+            self._write(r, "index_put_")
+            self.grad_fn, self.requires_grad = r.grad_fn, True
         elif TRACER[0] is None:
             v = value._s.v if isinstance(value, Tensor) else value
             try:
@@ -972,15 +996,23 @@ class Tensor:
                 raise op_error("index_put_", f"{e}; got ({_describe((self, value))})", cls) from None
             self._s.version += 1
         else:
-            r = apply(ops.REGISTRY["index_put"], (self, value, *tensors), {"index": index})
-            self._inplace_update(r)
+            r = apply(_OPS["index_put"], (self, value, *tensors), {"index": index})
+            self._write(r, "index_put_")
 
     # ---- in-place
     def _check_inplace(self, name: str):
-        if GRAD[0] and self.requires_grad and self.grad_fn is None:
+        if not GRAD[0] or not self.requires_grad:
+            return
+        if self.grad_fn is None:
             raise RuntimeError(
                 "a leaf Variable that requires grad is being used in an in-place operation. "
                 f"(op {name}, at {user_line()})"
+            )
+        if self.grad_fn.op.kind == "view":
+            raise RuntimeError(
+                f"{name}: in-place change of a view ({self.grad_fn.name()}) of a tensor that "
+                f"requires grad is not supported (the gradient of the viewed tensor would miss "
+                f"it); clone() the view first (at {user_line()})"
             )
 
     def _alias(self) -> Tensor:
@@ -988,81 +1020,104 @@ class Tensor:
         t.requires_grad, t.grad_fn = self.requires_grad, self.grad_fn
         return t
 
-    def _rebind(self, r: Tensor):
-        """Autograd-recorded in-place op: self takes the result's value and history."""
-        self._s = r._s
-        self.grad_fn = r.grad_fn
-        self.requires_grad = r.requires_grad
+    def _snapshot(self) -> Tensor:
+        """self's current value in a Store of its own, with self's history: what the backward
+        of an in-place op reads after self's memory has been overwritten."""
+        v = self._s.v
+        t = _wrap(np.array(v, copy=True) if type(v) is np.ndarray else v)
+        t.requires_grad, t.grad_fn = self.requires_grad, self.grad_fn
+        return t
 
-    def _inplace_update(self, r: Tensor):
-        """Write r's value into self's storage (no autograd): aliases see the change."""
+    def _write(self, r: Tensor, name: str):
+        """Write r's value into self's memory, which aliases (detach(), .data, numpy()) share,
+        and bump the version counter that saved tensors are checked against."""
         s = self._s
         rs = r._s.v.shape
         if tuple(rs) != tuple(s.v.shape):
             raise op_error(
-                "in-place", f"output with shape {list(s.v.shape)} doesn't match the broadcast "
-                f"shape {list(rs)}",
+                name, f"output with shape {list(s.v.shape)} doesn't match the broadcast shape "
+                f"{list(rs)}",
             )
         if r.dtype is not self.dtype:
             if self.dtype.category < r.dtype.category:
                 raise op_error(
-                    "in-place", f"result type {r.dtype.name} can't be cast to the desired output "
+                    name, f"result type {r.dtype.name} can't be cast to the desired output "
                     f"type {self.dtype.name}",
                 )
             r = r.to(self.dtype)
         v, rv = s.v, r._s.v
         if type(v) is np.ndarray and type(rv) is np.ndarray:
-            np.copyto(v, rv)
+            try:
+                np.copyto(v, rv)
+            except ValueError as e:  # e.g. the read-only result of expand()
+                raise op_error(name, f"{e}; got ({_describe((self,))})") from None
         else:
             TRACER[0].assign(s, r._s)
         s.version += 1
 
-    def _inplace(self, name: str, fn) -> Tensor:
+    def _inplace(self, name: str, fn, *operands) -> Tensor:
+        """self = fn(self) in self's memory. When autograd records it, fn reads a snapshot of
+        self, so the saved values stay intact and later readers of self see the version bump."""
         self._check_inplace(name)
-        if GRAD[0] and self.requires_grad:  # a non-leaf in the graph: record, then rebind
-            r = fn(self._alias())
-            self._rebind(r)
+        recording = GRAD[0] and (
+            self.requires_grad or any(isinstance(o, Tensor) and o.requires_grad for o in operands)
+        )
+        if not recording:
+            self._write(fn(self), name)
             return self
-        r = fn(self)
-        if GRAD[0] and r.requires_grad:
-            self._rebind(r)
-        else:
-            self._inplace_update(r)
+        src = self._snapshot()
+        r = fn(src)
+        if not r.requires_grad and self.requires_grad:  # e.g. fill_: self's gradient is zero
+            r = r + src * 0
+        self._write(r, name)
+        self.grad_fn, self.requires_grad = r.grad_fn, r.requires_grad
         return self
 
     def add_(self, other, alpha=1):
-        return self._inplace("add_", lambda s: s.add(other, alpha=alpha))
+        return self._inplace("add_", lambda s: s.add(other, alpha=alpha), other)
 
     def sub_(self, other, alpha=1):
-        return self._inplace("sub_", lambda s: s.sub(other, alpha=alpha))
+        return self._inplace("sub_", lambda s: s.sub(other, alpha=alpha), other)
 
     def mul_(self, other):
-        return self._inplace("mul_", lambda s: s * other)
+        return self._inplace("mul_", lambda s: s * other, other)
 
     def div_(self, other):
-        return self._inplace("div_", lambda s: s / other)
+        return self._inplace("div_", lambda s: s / other, other)
 
     def pow_(self, e):
-        return self._inplace("pow_", lambda s: s.pow(e))
+        return self._inplace("pow_", lambda s: s.pow(e), e)
 
     def clamp_(self, min=None, max=None):
-        return self._inplace("clamp_", lambda s: s.clamp(min, max))
+        return self._inplace("clamp_", lambda s: s.clamp(min, max), min, max)
 
     def relu_(self):
         return self._inplace("relu_", lambda s: s.relu())
 
     def addcmul_(self, t1, t2, value=1):
-        return self._inplace("addcmul_", lambda s: s + (t1 * t2 if value == 1 else t1 * t2 * value))
+        return self._inplace(
+            "addcmul_", lambda s: s + (t1 * t2 if value == 1 else t1 * t2 * value), t1, t2
+        )
 
     def addcdiv_(self, t1, t2, value=1):
-        return self._inplace("addcdiv_", lambda s: s + (t1 / t2 if value == 1 else t1 / t2 * value))
+        return self._inplace(
+            "addcdiv_", lambda s: s + (t1 / t2 if value == 1 else t1 / t2 * value), t1, t2
+        )
+
+    def lerp(self, end, weight):
+        """PyTorch's formula: start + w * (end - start) for w < 0.5, else end - (end - start) *
+        (1 - w); exact at both ends, where the one-sided form loses the small operand."""
+        diff = end - self
+        if isinstance(weight, Tensor):
+            return where(weight < 0.5, self + weight * diff, end - diff * (1 - weight))
+        return self + weight * diff if weight < 0.5 else end - diff * (1 - weight)
 
     def lerp_(self, end, weight):
-        return self._inplace("lerp_", lambda s: s + (end - s) * weight)
+        return self._inplace("lerp_", lambda s: s.lerp(end, weight), end, weight)
 
     def copy_(self, src):
         src = _scalar_or_tensor(src)
-        return self._inplace("copy_", lambda s: _copy_like(src, s))
+        return self._inplace("copy_", lambda s: _copy_like(src, s), src)
 
     def zero_(self):
         return self.fill_(0)
@@ -1114,7 +1169,7 @@ class Parameter(Tensor):
         t = object.__new__(cls)
         t._s = data._s
         t.requires_grad = requires_grad
-        t.grad = None
+        t._grad = None
         t.grad_fn = None
         t._retains = False
         return t
