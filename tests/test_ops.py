@@ -145,6 +145,8 @@ REF = {
     "mean": _reduce(np.mean),
     "amax": _reduce(np.max),
     "amin": _reduce(np.min),
+    "max": _reduce(np.max),
+    "min": _reduce(np.min),
     "argmax": _reduce(np.argmax),
     "argmin": _reduce(np.argmin),
     "all": _reduce(np.all),
@@ -228,6 +230,8 @@ _SAME = {
     "mean",
     "amax",
     "amin",
+    "max",
+    "min",
     "reshape",
     "unsqueeze",
     "squeeze",
@@ -586,10 +590,6 @@ NAME_ALIASES = {
     "MmBackward0": {"AddmmBackward0"},  # linear without bias: one fusegrad op either way
     "StackBackward0": {"CatBackward0"},
     "CopySlices": {"IndexPutBackward0"},
-    "MaxBackward0": {"AmaxBackward0"},
-    "MaxBackward1": {"AmaxBackward0"},
-    "MinBackward0": {"AminBackward0"},
-    "MinBackward1": {"AminBackward0"},
     "RsubBackward1": {"SubBackward0"},  # 2.0 - x
     "MulBackward0": {"DivBackward0"},  # 2.0 / x
     "PowBackward2": {"PowBackward1"},  # 2.0 ** x
@@ -638,6 +638,8 @@ COMPILE_PICK = {
     "amin": [0, 2],
     "argmax": [1],
     "argmin": [0],
+    "max": [1],
+    "min": [2],
     "all": [1],
     "any": [0],
     "getitem": [2, 5, 7],

@@ -947,54 +947,43 @@ def test_example_prints_what_pytorch_prints(name):
 
 
 # ----------------------------------------------------------------------------- edge values
-_TIES = (
-    "BUG: max(dim)/min(dim) with ties splits the gradient evenly among the tied elements "
-    "(they are amax/amin); PyTorch's max(dim) sends it to the returned index only"
-)
-_POW_ZERO = "BUG: d(a ** b)/db at a == 0 is nan (out * log(a) = 0 * -inf); PyTorch gives 0 there"
-
 EDGE_GRADS = [
-    ("max(dim) ties", [[1.0, 3.0, 3.0], [2.0, 2.0, 0.0]], lambda x: x.max(dim=1)[0], _TIES),
-    ("min(dim) ties", [[1.0, 1.0, 3.0]], lambda x: x.min(1).values, _TIES),
-    ("max() ties", [[1.0, 3.0, 3.0], [2.0, 2.0, 0.0]], lambda x: x.max(), None),
-    ("amax(dim) ties", [[1.0, 3.0, 3.0], [2.0, 2.0, 0.0]], lambda x: x.amax(dim=1), None),
-    ("maximum ties", [1.0, 3.0, 3.0], lambda x: x.maximum(x * 0 + 3.0), None),
-    ("clamp at bound", [1.0, 3.0, 4.0], lambda x: x.clamp(min=3.0), None),
-    ("relu at 0", [-1.0, 0.0, 2.0], lambda x: x.relu(), None),
-    ("abs at 0", [-1.0, 0.0, 2.0], lambda x: x.abs(), None),
-    ("sqrt at 0", [0.0, 4.0], lambda x: x.sqrt(), None),
-    ("pow 2.5 at 0", [0.0, 2.0], lambda x: x**2.5, None),
-    ("pow -1 at 0", [0.0, 2.0], lambda x: x**-1.0, None),
-    ("pow tensor base 0", [0.0, 2.0], lambda x: x ** (x * 0 + 2.0), _POW_ZERO),
-    ("rpow 0 ** x", [2.0, 3.0], lambda x: (x * 0) ** x, _POW_ZERO),
+    ("max(dim) ties", [[1.0, 3.0, 3.0], [2.0, 2.0, 0.0]], lambda x: x.max(dim=1)[0]),
+    ("min(dim) ties", [[1.0, 1.0, 3.0]], lambda x: x.min(1).values),
+    ("max(dim, keepdim) ties", [[1.0, 3.0, 3.0], [2.0, 2.0, 0.0]], lambda x: x.max(0, True)[0]),
+    ("max() ties", [[1.0, 3.0, 3.0], [2.0, 2.0, 0.0]], lambda x: x.max()),
+    ("amax(dim) ties", [[1.0, 3.0, 3.0], [2.0, 2.0, 0.0]], lambda x: x.amax(dim=1)),
+    ("maximum ties", [1.0, 3.0, 3.0], lambda x: x.maximum(x * 0 + 3.0)),
+    ("clamp at bound", [1.0, 3.0, 4.0], lambda x: x.clamp(min=3.0)),
+    ("clamp tensor bounds crossed", [1.0, 3.0, 4.0], lambda x: x.clamp(x * 0 + 3.0, x * 0 + 2.0)),
+    ("relu at 0", [-1.0, 0.0, 2.0], lambda x: x.relu()),
+    ("abs at 0", [-1.0, 0.0, 2.0], lambda x: x.abs()),
+    ("sqrt at 0", [0.0, 4.0], lambda x: x.sqrt()),
+    ("pow 2.5 at 0", [0.0, 2.0], lambda x: x**2.5),
+    ("pow -1 at 0", [0.0, 2.0], lambda x: x**-1.0),
+    ("pow tensor base 0", [0.0, 2.0], lambda x: x ** (x * 0 + 2.0)),
+    ("pow tensor 0 ** 0", [0.0, 2.0], lambda x: x ** (x * 0)),
+    ("rpow 0 ** x", [2.0, 3.0], lambda x: (x * 0) ** x),
+    ("rpow scalar 0 ** x", [2.0, 0.0, -1.0], lambda x: 0.0**x),
+    ("rpow scalar 2 ** x", [2.0, 0.0, -1.0], lambda x: 2.0**x),
 ]
 
 
-@pytest.mark.parametrize(
-    "case",
-    [
-        pytest.param(c, marks=[pytest.mark.xfail(strict=True, reason=c[3])] if c[3] else [])
-        for c in EDGE_GRADS
-    ],
-    ids=[c[0] for c in EDGE_GRADS],
-)
-@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the leak is test_inf_and_nan_..._silent
+@pytest.mark.parametrize("case", EDGE_GRADS, ids=[c[0] for c in EDGE_GRADS])
 def test_edge_gradients_match_pytorch(case):
     th = real_torch()
-    _, data, fn, _ = case
-    grads = []
+    _, data, fn = case
+    results = []
     for lib in (fusegrad, th):
         x = lib.tensor(data, requires_grad=True)
-        fn(x).sum().backward()
-        grads.append(x.grad.numpy())
-    np.testing.assert_array_equal(grads[0], grads[1])
+        y = fn(x)
+        y.sum().backward()
+        results.append((y.detach().numpy(), x.grad.numpy()))
+    (y, g), (ty, tg) = results
+    np.testing.assert_array_equal(y, ty)
+    np.testing.assert_array_equal(g, tg)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: d(a ** b)/db at a == 0 is nan (out * log(a) = 0 * -inf); PyTorch gives 0",
-)
-@pytest.mark.filterwarnings("ignore::RuntimeWarning")
 def test_pow_tensor_exponent_gradient_at_zero_base():
     a = torch.tensor([0.0, 2.0])
     b = torch.tensor([2.0, 3.0], requires_grad=True)

@@ -220,10 +220,20 @@ class Pow(Elementwise):
     eager = staticmethod(np.power)
     saves_out = True
 
-    def vjp(n, g):
+    def vjp(n, g):  # PyTorch's: 0 where the exponent is 0, and where 0 ** (b >= 0) for b
         a, b = n.args
-        ga = g * (b * a ** (b - 1)) if n.needs[0] else None
-        gb = g * (n.out * a.log() if hasattr(a, "log") else n.out * math.log(a)) if n.needs[1] else None
+        ga = gb = None
+        if n.needs[0]:
+            ga = b * a ** (b - 1)
+            ga = g * (call("where", b == 0, 0.0, ga) if hasattr(b, "shape") else ga if b else 0.0)
+        if n.needs[1]:
+            if hasattr(a, "log"):
+                gb = call("where", (a == 0) & (b >= 0), 0.0, n.out * a.log())
+            elif a == 0:
+                gb = call("where", b >= 0, 0.0, n.out * -math.inf)
+            else:
+                gb = n.out * (math.log(a) if a > 0 else math.nan)
+            gb = g * gb
         return ga, gb
 
 
@@ -431,11 +441,11 @@ class Clamp(Elementwise):
     def eager(self, x, lo, hi):
         return np.minimum(np.maximum(x, lo), hi)
 
-    def vjp(n, g):
+    def vjp(n, g):  # PyTorch's: with min > max the result is max, and max gets the gradient
         x, lo, hi = n.args
-        glo = g * ((x < lo) * (lo <= hi)) if n.needs[1] else None
-        ghi = g * (x > hi) if n.needs[2] else None
-        return g * ((x >= lo) * (x <= hi)), glo, ghi
+        glo = g * ((x < lo) & (lo < hi)) if n.needs[1] else None
+        ghi = g * ((x > hi) | (hi < lo)) if n.needs[2] else None
+        return g * ((x >= lo) & (x <= hi)), glo, ghi
 
 
 @defop
@@ -592,6 +602,40 @@ class Amin(Reduce):
     name, grad_fn, lower, saves_out = "amin", "AminBackward0", "min", True
     eager = staticmethod(lambda x, dims, keepdim: np.minimum.reduce(x, axis=dims, keepdims=keepdim))
     vjp = _extreme_vjp
+
+
+def _first_extreme_vjp(n, g):
+    """Gradient of max(dim)/min(dim): all of it to the index they return (the first extreme),
+    as PyTorch's does; without a dim, split evenly among ties like amax/amin."""
+    if n.attrs["dims"] is None:
+        return _extreme_vjp(n, g)
+    x, ((d,), keepdim) = n.args[0], (n.attrs["dims"], n.attrs["keepdim"])
+    arg = "argmax" if n.op.name == "max" else "argmin"
+    first = call(arg, x, dim=d, keepdim=True)
+    positions = np.arange(x.shape[d]).reshape([-1 if i == d else 1 for i in range(len(x.shape))])
+    if not keepdim:
+        g = g.reshape(kept_shape(x.shape, (d,)))
+    return (g * (first == positions),)
+
+
+@defop
+class Max(Amax):
+    """x.max() and the values of x.max(dim): amax's values, PyTorch's gradient and names."""
+
+    name = "max"
+    vjp = _first_extreme_vjp
+
+    def node_name(self, attrs):
+        return "MaxBackward1" if attrs["dims"] is None else "MaxBackward0"
+
+
+@defop
+class Min(Amin):
+    name = "min"
+    vjp = _first_extreme_vjp
+
+    def node_name(self, attrs):
+        return "MinBackward1" if attrs["dims"] is None else "MinBackward0"
 
 
 class _ArgReduce(Reduce):

@@ -920,21 +920,23 @@ class Tensor:
 
     def _minmax(self, name, dim, keepdim):
         if isinstance(dim, Tensor):
-            return self.maximum(dim) if name == "amax" else self.minimum(dim)
+            return self.maximum(dim) if name == "max" else self.minimum(dim)
         if dim is None:
             if self.numel() == 0:
-                raise op_error(name[1:], "Expected reduction dim to be specified for input.numel() == 0")
+                raise op_error(name, "Expected reduction dim to be specified for input.numel() == 0")
             return self._reduce(name, None, False)
-        values = self._reduce(name, dim, keepdim)
-        arg = "argmax" if name == "amax" else "argmin"
-        indices = apply(ops.REGISTRY[arg], (self,), {"dim": _dim(dim, self.dim()), "keepdim": keepdim})
+        n = self.dim()
+        d = _dim(dim, builtins.max(n, 1))  # a 0-d tensor takes dim 0 or -1, as in PyTorch
+        values = self._reduce(name, d, keepdim)
+        arg = "argmax" if name == "max" else "argmin"
+        indices = apply(_OPS[arg], (self,), {"dim": d if n else None, "keepdim": keepdim})
         return MinMax(values, indices)
 
     def max(self, dim=None, keepdim=False):
-        return self._minmax("amax", dim, keepdim)
+        return self._minmax("max", dim, keepdim)
 
     def min(self, dim=None, keepdim=False):
-        return self._minmax("amin", dim, keepdim)
+        return self._minmax("min", dim, keepdim)
 
     def argmax(self, dim=None, keepdim=False):
         d = None if dim is None else _dim(dim, self.dim())
