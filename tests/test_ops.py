@@ -310,72 +310,7 @@ def numpy_of(t) -> np.ndarray:
 # ----------------------------------------------------------------------------- parameters
 # Known library bugs: (test, op, sample index[, dtype]) -> reason. Each is xfail(strict=True),
 # so the test flips to a failure (and its entry must go) as soon as the bug is fixed.
-_CLAMP_DTYPE = (
-    "BUG: clamp of an int tensor with a float bound keeps int64 and truncates "
-    "(PyTorch promotes: tensor([1,2,3]).clamp(min=1.5) -> tensor([1.5, 2., 3.]))"
-)
-_CLAMP_GRAD = (
-    "BUG: clamp with a tensor min/max gives the bound no gradient (VJP returns None; "
-    "PyTorch gives it the gradient where the bound is active)"
-)
-_INT_CAST = (
-    "BUG: .long()/.int()/.bool() of a tensor that requires grad returns a tensor with "
-    "requires_grad=True and a ToCopyBackward0 grad_fn (PyTorch: integer/bool results "
-    "never require grad)"
-)
-_CAT_DTYPE = (
-    "BUG: cat of int64 and float32 tensors returns float64 (numpy's promotion); "
-    "infer() and PyTorch say float32"
-)
-_INDEX_ORDER = (
-    "BUG: x[1, :, [3, 0]] on a (2, 3, 4) tensor has shape (2, 3) (numpy puts the "
-    "advanced dims first); PyTorch selects the int first: shape (3, 2)"
-)
-_DOT_BACKWARD = (
-    "BUG: backward of 1-D @ 1-D (a 0-d dot product) raises IndexError in Matmul.vjp "
-    "(g.unsqueeze(-2) on a 0-d gradient)"
-)
-_SUM_NAME = (
-    "BUG: grad_fn of sum/mean with dim is SumBackward0/MeanBackward0; PyTorch names it "
-    "SumBackward1/MeanBackward1 whenever dim is given"
-)
-_SQUEEZE_NAME = (
-    "BUG: grad_fn of squeeze(dim) is SqueezeBackward0; PyTorch: SqueezeBackward1 "
-    "(one dim), SqueezeBackward2 (tuple of dims)"
-)
-_INDEX_NAME = (
-    "BUG: grad_fn of basic indexing is always IndexBackward0; PyTorch names the last "
-    "indexing step: SelectBackward0 (x[1], x[..., -1]), SliceBackward0 (x[:, 1:3]) "
-    "(ops.index_kind exists but Node.name does not use it)"
-)
-
-_INDEX_ORDER = (
-    "BUG: x[1, :, [3, 0]] on a (2, 3, 4) tensor has shape (2, 3) (numpy puts the "
-    "advanced dims first); PyTorch selects the int first: shape (3, 2)"
-)
-_SQUEEZE_NAME = (
-    "BUG: grad_fn of squeeze(dim) is SqueezeBackward0; PyTorch: SqueezeBackward1 "
-    "(one dim), SqueezeBackward2 (tuple of dims)"
-)
-_INDEX_NAME = (
-    "BUG: grad_fn of x[None, 1] and x[..., -1] is SliceBackward0; PyTorch names the "
-    "last indexing step: SelectBackward0 (ops.index_kind says Select only when every "
-    "index is an int)"
-)
-_MASK_SHAPE = (
-    "BUG: compiled x[mask] assumes every mask element is True (infer() indexes with "
-    "np.ones), so the traced shape is wrong: ValueError shapes (12,) (6,)"
-)
-_VECMAT = (  # also 1-D @ 1-D, and linear of a 1-D input (its backward is g @ w with 1-D g)
-    "BUG: compiled 1-D @ 2-D fails in Matmul.infer: (sa[-2],) * (len(sa) > 1) indexes "
-    "sa[-2] before the test (IndexError 'tuple index out of range')"
-)
-
-BUGS: dict[tuple, str] = {
-    ("compiled", "matmul", 2): _VECMAT,
-    ("compiled", "matmul", 4): _VECMAT,
-    ("compiled", "linear", 3): _VECMAT,
-}
+BUGS: dict[tuple, str] = {}
 
 
 def _params(test: str, names=None, pick=None, dtypes=(None,)):

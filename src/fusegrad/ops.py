@@ -875,7 +875,7 @@ class Matmul(Op):
                 f"{'x'.join(map(str, sb))})"
             )
         batch = broadcast_shapes(sa[:-2], sb[:-2])
-        out = batch + (sa[-2],) * (len(sa) > 1) + (sb[-1],) * (len(sb) > 1)
+        out = batch + (sa[-2:-1] if len(sa) > 1 else ()) + (sb[-1:] if len(sb) > 1 else ())
         return out, dtypes.promote((part(a), part(b)))
 
     eager = staticmethod(_matmul)
