@@ -319,6 +319,31 @@ def test_dtype_mismatch_error_names_op_dtypes_and_user_line():
     assert "matmul" in msg and "float32" in msg and "float64" in msg and "test_tensor.py:" in msg
 
 
+ERRORS = [  # (what, fn, exception, op named in the message)
+    ("requires_grad_ of int", lambda: torch.tensor([1, 2]).requires_grad_(), RuntimeError,
+     "requires_grad_"),
+    ("requires_grad_(False) of non-leaf", lambda: (torch.ones(2, requires_grad=True) * 2)
+     .requires_grad_(False), RuntimeError, "requires_grad_"),
+    ("~ of float", lambda: ~torch.ones(2), RuntimeError, "bitwise_not"),
+    ("clamp without bounds", lambda: torch.ones(2).clamp(), RuntimeError, "clamp"),
+    ("cat of nothing", lambda: torch.cat([]), RuntimeError, "cat"),
+    ("stack of nothing", lambda: torch.stack([]), RuntimeError, "stack"),
+    ("linear of mixed dtypes", lambda: torch.nn.functional.linear(
+        torch.ones(2, 3), torch.ones(4, 3, dtype=torch.float64)), RuntimeError, "linear"),
+    ("reshape to a wrong size", lambda: torch.ones(6).reshape(4, -1), RuntimeError, "reshape"),
+    ("sum over a missing dim", lambda: torch.ones(2, 3).sum(2), IndexError, "Dimension out of range"),
+    ("in-place on a leaf", lambda: torch.ones(2, requires_grad=True).add_(1), RuntimeError, "add_"),
+]
+
+
+@pytest.mark.parametrize("case", ERRORS, ids=[c[0] for c in ERRORS])
+def test_errors_name_the_op_and_the_user_line(case):
+    _, fn, exc, op = case
+    with pytest.raises(exc) as e:
+        fn()
+    assert op in str(e.value) and "test_tensor.py:" in str(e.value), str(e.value)
+
+
 def test_in_place_error_names_the_op():
     with pytest.raises(RuntimeError, match=r"add_: output with shape \[3\] doesn't match the "
                        r"broadcast shape \[2, 3\] \(at test_tensor.py:"):

@@ -305,7 +305,7 @@ def grad(
         if r is None and not allow_unused:
             raise RuntimeError(
                 "One of the differentiated Tensors appears to not have been used in the graph. "
-                "Set allow_unused=True if this is the desired behavior."
+                f"Set allow_unused=True if this is the desired behavior. (at {user_line()})"
             )
     return tuple(res)
 

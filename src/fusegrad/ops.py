@@ -27,6 +27,7 @@ import numpy as np
 
 from . import dtypes
 from .dtypes import bool_, float32, int64
+from .errors import op_error
 
 REGISTRY: dict[str, Op] = {}
 DISPATCH = None  # set by tensor.py: DISPATCH(op, args, attrs) -> Tensor
@@ -124,7 +125,7 @@ try:
     from numpy._core.umath import _make_extobj
 
     NP_QUIET = _make_extobj(all="ignore")
-except ImportError:  # numpy 1.x
+except (ImportError, TypeError):  # numpy 1.x, or a numpy whose internals moved
     NP_ERRSTATE, NP_QUIET = _SetErr(), {"all": "ignore"}
 
 
@@ -982,9 +983,9 @@ class Cat(Op):
 def linear(x, weight, bias=None):
     """x @ weight.T + bias as one recorded op (what nn.Linear calls)."""
     if x.dtype is not weight.dtype or (bias is not None and bias.dtype is not x.dtype):
-        raise RuntimeError(
-            f"linear: expected input, weight and bias of one dtype, got {x.dtype.name}, "
-            f"{weight.dtype.name}{', ' + bias.dtype.name if bias is not None else ''}"
+        raise op_error(
+            "linear", f"expected input, weight and bias of one dtype, got {x.dtype.name}, "
+            f"{weight.dtype.name}{', ' + bias.dtype.name if bias is not None else ''}",
         )
     return call("linear", x, weight) if bias is None else call("linear", x, weight, bias)
 

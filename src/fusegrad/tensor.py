@@ -453,13 +453,16 @@ class Tensor:
     # ---- autograd
     def requires_grad_(self, requires_grad: bool = True) -> Tensor:
         if not self.is_leaf and not requires_grad:
-            raise RuntimeError(
-                "you can only change requires_grad flags of leaf variables. If you want to use a "
-                "computed variable in a subgraph that doesn't require differentiation use "
-                "var_no_grad = var.detach()."
+            raise op_error(
+                "requires_grad_", "you can only change requires_grad flags of leaf variables. If "
+                "you want to use a computed variable in a subgraph that doesn't require "
+                "differentiation use var_no_grad = var.detach().",
             )
         if requires_grad and not self.dtype.is_floating_point:
-            raise RuntimeError("only Tensors of floating point dtype can require gradients")
+            raise op_error(
+                "requires_grad_", "only Tensors of floating point dtype can require gradients, "
+                f"got {self.dtype.name}",
+            )
         self.requires_grad = requires_grad
         return self
 
@@ -705,7 +708,7 @@ class Tensor:
 
     def __invert__(self):
         if self.dtype is not bool_:
-            raise RuntimeError(f"bitwise_not is only supported for bool tensors here, got {self.dtype}")
+            raise op_error("bitwise_not", f"only bool tensors are supported here, got {self.dtype.name}")
         return apply(ops.REGISTRY["logical_not"], (self,), {})
 
     def add(self, other, alpha=1):
@@ -757,7 +760,7 @@ class Tensor:
 
     def clamp(self, min=None, max=None):
         if min is None and max is None:
-            raise RuntimeError("torch.clamp: At least one of 'min' or 'max' must not be None")
+            raise op_error("clamp", "At least one of 'min' or 'max' must not be None")
         if max is None:
             return apply(ops.REGISTRY["clamp_min"], (self, _scalar_or_tensor(min)), {})
         if min is None:
@@ -1420,14 +1423,14 @@ def randn_like(t: Tensor, dtype=None, requires_grad=False) -> Tensor:
 # --------------------------------------------------------------------------- functions
 def where(condition, input=None, other=None) -> Tensor:
     if input is None and other is None:
-        raise RuntimeError("fusegrad.where(condition) with one argument is not supported")
+        raise op_error("where", "where(condition) with one argument is not supported")
     return apply(ops.REGISTRY["where"], (_scalar_or_tensor(condition), _scalar_or_tensor(input), _scalar_or_tensor(other)), {})
 
 
 def cat(tensors, dim: int = 0) -> Tensor:
     tensors = list(tensors)
     if not tensors:
-        raise RuntimeError("cat(): expected a non-empty list of Tensors")
+        raise op_error("cat", "expected a non-empty list of Tensors")
     d = _dim(dim, tensors[0].dim())
     return apply(ops.REGISTRY["cat"], tuple(tensors), {"dim": d})
 
@@ -1438,7 +1441,7 @@ concat = cat
 def stack(tensors, dim: int = 0) -> Tensor:
     tensors = list(tensors)
     if not tensors:
-        raise RuntimeError("stack expects a non-empty TensorList")
+        raise op_error("stack", "stack expects a non-empty TensorList")
     d = _dim(dim, tensors[0].dim() + 1)
     shapes = {tuple(t.shape) for t in tensors}
     if len(shapes) != 1:
