@@ -520,6 +520,12 @@ def test_in_place_on_view_of_tensor_requiring_grad_is_refused():
     b = torch.ones(2, 3, requires_grad=True) * 2
     with pytest.raises(RuntimeError, match="mul_: in-place change of a view"):
         b[0].mul_(3)
+    with pytest.raises(RuntimeError, match="add_: in-place change of a view"):
+        b.t().add_(1)
+    c = b[[1, 0]]  # a gather is a copy: changing it is fine
+    c.mul_(3)
+    c.sum().backward()
+    np.testing.assert_array_equal(b.detach().numpy(), np.full((2, 3), 2.0))
 
 
 def test_fill_and_copy_of_non_leaf_cut_its_gradient():

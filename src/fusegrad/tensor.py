@@ -204,17 +204,21 @@ def apply(op, args: tuple, attrs: dict) -> Tensor:
 
 def _record(op, args: tuple, attrs: dict, out: Tensor) -> None:
     """Attach the autograd node of one op application to its output."""
-    needs, edges = [], []
+    needs, edges, versions = [], [], []
     for a in args:
-        if isinstance(a, Tensor) and a.requires_grad:
-            needs.append(True)
-            edges.append(a.grad_fn or a)  # the producer, or the leaf itself
+        if isinstance(a, Tensor):
+            versions.append(a._s.version)
+            if a.requires_grad:
+                needs.append(True)
+                edges.append(a.grad_fn or a)  # the producer, or the leaf itself
+                continue
         else:
-            needs.append(False)
-            edges.append(None)
+            versions.append(None)
+        needs.append(False)
+        edges.append(None)
     node = Node(op, args, attrs, tuple(edges), tuple(needs))
     if op.needs_inputs:
-        node.versions = tuple(a._s.version if isinstance(a, Tensor) else None for a in args)
+        node.versions = tuple(versions)
     if op.saves_out:
         node.out = _wrap_store(out._s)
     out.requires_grad = True
@@ -1013,7 +1017,8 @@ class Tensor:
                 "a leaf Variable that requires grad is being used in an in-place operation. "
                 f"(op {name}, at {user_line()})"
             )
-        if self.grad_fn.op.kind == "view":
+        fn = self.grad_fn
+        if fn.op.kind == "view" and not (fn.op.name == "getitem" and "T" in fn.attrs["index"]):
             raise RuntimeError(
                 f"{name}: in-place change of a view ({self.grad_fn.name()}) of a tensor that "
                 f"requires grad is not supported (the gradient of the viewed tensor would miss "
