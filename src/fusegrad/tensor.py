@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import builtins
 import math
+import threading
 import weakref
 from collections import namedtuple
 
@@ -21,7 +22,20 @@ from .autograd import GRAD, Node
 from .dtypes import bool_, float32, float64, int32, int64
 from .errors import op_error, user_line
 
-TRACER = [None]  # the active tracer (fusegrad.trace sets it); None in eager mode
+class _TracerSlot(list):
+    """``TRACER[0]``: the active tracer, or None in eager mode. Setting it notes the thread that
+    traces, so that tensor math other threads do meanwhile stays eager."""
+
+    __slots__ = ("owner",)
+
+    def __setitem__(self, i, tracer) -> None:
+        self.owner = threading.get_ident()
+        super().__setitem__(i, tracer)
+
+
+TRACER = _TracerSlot([None])  # fusegrad.compile sets TRACER[0] while it traces a call
+TRACER.owner = None
+_get_ident = threading.get_ident
 _NP2FG = {d.np: d for d in dtypes.ALL}
 _ZERO_DIM = {d.np: f"0-d {d.name}" for d in dtypes.ALL}  # dtype-plan keys of zero-dim tensors
 _new = object.__new__
@@ -186,7 +200,7 @@ def _op_error(op, args, attrs, e) -> Exception:
 def apply(op, args: tuple, attrs: dict) -> Tensor:
     """Run (eager) or record (traced) one op, and attach its autograd node."""
     tr = TRACER[0]
-    if tr is None:
+    if tr is None or TRACER.owner != _get_ident():
         out = _eager(op, args, attrs)
     else:
         try:
