@@ -539,8 +539,7 @@ class Sum(Reduce):
         return d if d.is_floating_point else int64
 
     def eager(self, x, dims, keepdim):
-        out = x.dtype if x.dtype.kind == "f" else np.int64
-        return np.add.reduce(x, axis=dims, dtype=out, keepdims=keepdim)
+        return np.add.reduce(x, dims, None if x.dtype.kind == "f" else np.int64, None, keepdim)
 
     def vjp(n, g):
         x = n.args[0]
