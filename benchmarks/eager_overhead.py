@@ -37,11 +37,15 @@ if __package__ in (None, ""):  # run as a script: make the package importable
 from benchmarks import numpy_steps  # noqa: E402
 from benchmarks.workloads import DYNAMIC_NET_SEED, WORKLOADS  # noqa: E402
 
-OPS: dict[str, Callable] = {
+OPS: dict[str, Callable] = {  # written so that numpy arrays run them too
     "add": lambda a, b: a + b,
     "mul": lambda a, b: a * b,
     "matmul": lambda a, b: a @ b,
     "sum": lambda a, b: a.sum(),
+    "sum(1)": lambda a, b: a.sum(1),
+    "a[1]": lambda a, b: a[1],
+    "reshape": lambda a, b: a.reshape(16),
+    ".T": lambda a, b: a.T,
 }
 
 

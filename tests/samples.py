@@ -719,6 +719,7 @@ def s_permute(g):
         S((g.n(2, 3, 4),), {"dims": (-1, 0, 1)}, lambda a: a.permute((-1, 0, 1))),
         S((g.n(3, 4),), {"dims": (1, 0)}, lambda a: lib(a).permute(a, (1, 0))),
         S((g.n(2, 3, 4),), {"dims": (2, 1, 0)}, lambda a: a.permute(2, 1, 0)),
+        S((g.n(3, 4),), {"dims": (1, 0)}, lambda a: a.T),  # PyTorch's x.T is a permute
     ]
 
 
@@ -737,7 +738,6 @@ def s_t(g):
     return [
         S((g.n(3, 4),), {}, lambda a: a.t()),
         S((g.n(4),), {}, lambda a: a.t()),
-        S((g.n(3, 4),), {}, lambda a: a.T),
         S((g.n(2, 3),), {}, lambda a: lib(a).t(a)),
     ]
 

@@ -528,7 +528,6 @@ NAME_ALIASES = {
     "RsubBackward1": {"SubBackward0"},  # 2.0 - x
     "MulBackward0": {"DivBackward0"},  # 2.0 / x
     "PowBackward2": {"PowBackward1"},  # 2.0 ** x
-    "PermuteBackward0": {"TBackward0"},  # x.T of a 2-D tensor
     "ClampBackward1": {"ClampMinBackward0", "ClampMaxBackward0"},  # clamp(min=0.2)
     "ClampBackward0": {"ClampMinBackward0", "ClampMaxBackward0", "ClampBackward1"},  # tensor bounds
 }

@@ -917,7 +917,8 @@ class Tensor:
 
     @property
     def T(self):
-        return self.permute(*range(self.dim())[::-1]) if self.dim() > 2 else self.t()
+        n = len(self._s.v.shape)
+        return apply(_OPS["permute"], (self,), {"dims": tuple(range(n - 1, -1, -1))})
 
     @property
     def mT(self):
