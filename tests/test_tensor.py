@@ -1049,3 +1049,20 @@ def test_inf_and_nan_results_are_silent(case):
     assert got.dtype.name == str(want.dtype).split(".")[1] and tuple(got.shape) == tuple(want.shape)
     if case[0] != "nan to int":  # the integer value of nan is unspecified
         np.testing.assert_array_equal(got.numpy(), want.numpy())
+
+
+# ----------------------------------------------------------------------------- dispatch
+def test_promotion_rule_runs_once_per_op_and_input_dtypes(monkeypatch):
+    """Eager dispatch caches an elementwise op's dtype plan by its inputs' dtypes (and whether
+    each is a dimensioned tensor, a 0-d tensor or a Python scalar)."""
+    mul = fusegrad.ops.REGISTRY["mul"]
+    monkeypatch.setattr(mul, "plans", {})
+    calls = []
+    real = type(mul).result_dtype
+    monkeypatch.setattr(type(mul), "result_dtype", lambda self, p: calls.append(p) or real(self, p))
+    a, b = torch.ones(3), torch.ones(3, dtype=torch.float64)
+    for _ in range(3):
+        assert (a * a).dtype is torch.float32 and (a * b).dtype is torch.float64
+        assert (a * torch.ones((), dtype=torch.float64)).dtype is torch.float32
+        assert (torch.tensor([1, 2]) * 1.5).dtype is torch.float32 and (a * 2).dtype is torch.float32
+    assert len(calls) == 5
