@@ -359,8 +359,8 @@ def _dims(dim, ndim: int):
     """Normalize a reduction's dim argument to a sorted tuple of non-negative ints (or None)."""
     if dim is None:
         return None
-    if type(dim) is int and 0 <= dim < ndim:  # the common case, checked and normalized
-        return (dim,)
+    if type(dim) is int and -ndim <= dim < ndim:  # the common case, checked and normalized
+        return (dim % ndim,)
     if isinstance(dim, (int, np.integer)):
         dim = (dim,)
     out = []
