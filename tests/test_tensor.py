@@ -713,6 +713,50 @@ def test_indexing_matches_numpy(index):
 
 
 # ----------------------------------------------------------------------------- dtype promotion
+TORCH_INDICES = [  # where PyTorch's order or grad_fn names differ from what numpy suggests
+    (1, slice(None), [3, 0]),  # ints select first: shape (3, 2), not numpy's (2, 3)
+    ([0, 1], 1, [2, 3]),
+    (Ellipsis, 1, [0, 2]),
+    (None, 1, slice(None), [0, 2]),
+    (1, [True, False, True, False]),
+    (slice(None), 1, [0, 0, 4]),
+    (None, 1),
+    (1, None),
+    (slice(1, 2), None, slice(None)),
+    (Ellipsis,),
+    (True,),
+    (1, True),
+]
+
+
+@pytest.mark.parametrize("index", TORCH_INDICES, ids=str)
+def test_indexing_matches_pytorch(index):
+    """Values, grad_fn name and gradient of x[index], and x[index] = v with and without autograd."""
+    th = real_torch()
+    x = np.arange(60.0).reshape(3, 4, 5)
+    got, want = [], []
+    for lib, out in ((torch, got), (th, want)):
+        a = lib.tensor(x, requires_grad=True)
+        r = a[index]
+        w = lib.tensor(np.linspace(-1.0, 1.0, r.numel()).reshape(tuple(r.shape)))
+        (r * w).sum().backward()
+        out += [r.detach().numpy(), r.grad_fn.name(), a.grad.numpy()]
+        v = lib.tensor(np.arange(float(r.numel())).reshape(tuple(r.shape)))
+        c = lib.tensor(x)
+        c[index] = v
+        b = a * 1
+        vg = v.clone().requires_grad_()
+        b[index] = vg
+        (b * b).sum().backward()
+        out += [c.numpy(), b.detach().numpy(), vg.grad.numpy()]
+    for g, t in zip(got, want):
+        if isinstance(g, str):
+            assert g == t
+        else:
+            assert g.shape == t.shape
+            np.testing.assert_array_equal(g, t)
+
+
 DTYPES = ["bool", "int32", "int64", "float32", "float64"]
 OTHERS = [("scalar", True), ("scalar", 2), ("scalar", 2.5)] + [
     (kind, d) for kind in ("0d", "tensor") for d in DTYPES

@@ -761,6 +761,32 @@ def _index_item(i):
     return i
 
 
+def _index_steps(x: np.ndarray, index: tuple, arrays: tuple) -> tuple[np.ndarray, tuple]:
+    """(view, last index): x[index] in PyTorch's order is view[last index]. PyTorch selects
+    with ints before it applies tensor indices (x[1, :, t] is x[1][:, t]); numpy would fold the
+    int into one advanced index and put t's dims first. The view is a numpy view of x, so writes
+    through it (item assignment, gradient accumulation) reach x."""
+    if not arrays or not any(type(i) is int for i in index) or any(
+        type(i) is tuple and i[0] == "b" for i in index
+    ):
+        return x, _index_arrays(index, arrays)
+    first, last, it = [], [], iter(arrays)
+    for i in index:
+        if i == "T":
+            a = next(it)
+            first.extend([slice(None)] * (a.ndim if a.dtype == np.bool_ else 1))
+            last.append(a)
+        elif type(i) is int:
+            first.append(i)
+        elif i is Ellipsis:
+            first.append(i)
+            last.append(i)
+        else:  # a slice or None: taken in the first step, kept whole in the second
+            first.append(_index_item(i))
+            last.append(slice(None))
+    return x[tuple(first)], tuple(last)
+
+
 @lru_cache(maxsize=4096)
 def _static_index(index: tuple) -> tuple:
     return tuple(_index_item(i) for i in index)
@@ -798,12 +824,13 @@ class GetItem(View):
         dummy = np.broadcast_to(np.zeros((), np.int8), x.shape)
         idx = [np.zeros(a.shape, a.dtype.np) if a.dtype is not bool_ else np.ones(a.shape, bool)
                for a in args[1:]]
-        return dummy[_index_arrays(attrs["index"], idx)].shape, x.dtype
+        view, i = _index_steps(dummy, attrs["index"], tuple(idx))
+        return view[i].shape, x.dtype
 
     def eager(self, x, *idx, index):
-        i = _index_arrays(index, idx)
-        r = x[i]
-        return r if type(r) is np.ndarray else x[i + (Ellipsis,)]  # a 0-d view, not a scalar
+        view, i = _index_steps(x, index, idx)
+        r = view[i]
+        return r if type(r) is np.ndarray else view[i + (Ellipsis,)]  # a 0-d view, not a scalar
 
     def vjp(n, g):
         x, *idx = n.args
@@ -821,12 +848,18 @@ class IndexGrad(Op):
 
     def eager(self, g, *idx, shape, index):
         out = np.zeros(shape, g.dtype)
-        np.add.at(out, _index_arrays(index, idx), g)
+        np.add.at(*_index_steps(out, index, idx), g)
         return out
 
     def vjp(n, g):
         _, *idx = n.args
         return (call("getitem", g, *idx, index=n.attrs["index"]),) + (None,) * len(idx)
+
+
+def put(x: np.ndarray, index: tuple, arrays: tuple, v) -> None:
+    """x[index] = v in place, in PyTorch's indexing order."""
+    view, i = _index_steps(x, index, arrays)
+    view[i] = v
 
 
 @defop
@@ -840,7 +873,7 @@ class IndexPut(Op):
 
     def eager(self, x, v, *idx, index):
         out = np.array(x, copy=True)
-        out[_index_arrays(index, idx)] = v
+        put(out, index, idx, v)
         return out
 
     def vjp(n, g):

@@ -330,29 +330,7 @@ def _mask_to_positions(static: list, tensors: list) -> tuple[tuple, list]:
     return tuple(out_static), out_tensors
 
 
-_FULL = ("s", None, None, None)
 _T_DIMS = ((), (0,), (1, 0))  # t()'s permutation by rank
-
-
-def _select_first(index: tuple, tensors: list) -> tuple[tuple, tuple] | None:
-    """PyTorch applies int indices (selects) before tensor indices, where numpy would mix them
-    into one advanced index: x[1, :, t] is x[1, :, :][:, t]. The two indices, or None."""
-    if not tensors or not any(type(i) is int for i in index) or ("b", True) in index or (
-        ("b", False) in index
-    ):
-        return None
-    first, second, it = [], [], iter(tensors)
-    for i in index:
-        if i == "T":
-            t = next(it)
-            first.extend([_FULL] * (t.dim() if t.dtype is bool_ else 1))
-            second.append(i)
-        elif type(i) is int:
-            first.append(i)
-        else:
-            first.append(i)
-            second.append(i if i is Ellipsis else _FULL)
-    return tuple(first), tuple(second)
 
 
 def _dims(dim, ndim: int):
@@ -999,10 +977,6 @@ class Tensor:
     # ---- indexing
     def __getitem__(self, idx):
         index, tensors = _normalize_index(idx)
-        split = _select_first(index, tensors)
-        if split is not None:
-            first = apply(_OPS["getitem"], (self,), {"index": split[0]})
-            return apply(_OPS["getitem"], (first, *tensors), {"index": split[1]})
         return apply(_OPS["getitem"], (self, *tensors), {"index": index})
 
     def __setitem__(self, idx, value):
@@ -1016,7 +990,7 @@ class Tensor:
         elif TRACER[0] is None:
             v = value._s.v if isinstance(value, Tensor) else value
             try:
-                self._s.v[ops._index_arrays(index, [t._s.v for t in tensors])] = v
+                ops.put(self._s.v, index, tuple(t._s.v for t in tensors), v)
             except (ValueError, IndexError, TypeError) as e:
                 cls = IndexError if isinstance(e, IndexError) else RuntimeError
                 raise op_error("index_put_", f"{e}; got ({_describe((self, value))})", cls) from None
