@@ -587,13 +587,21 @@ def _max_min(g, method):
     """x.max() and the values of x.max(dim) (PyTorch's MaxBackward1 / MaxBackward0)."""
     return [
         S((g.distinct(3, 4),), {"dim": None, "keepdim": False}, lambda a: getattr(a, method)()),
-        S((g.distinct(3, 4),), {"dim": 1, "keepdim": False}, lambda a: getattr(a, method)(dim=1)[0]),
+        S(
+            (g.distinct(3, 4),),
+            {"dim": 1, "keepdim": False},
+            lambda a: getattr(a, method)(dim=1)[0],
+        ),
         S(
             (g.distinct(3, 4),),
             {"dim": 0, "keepdim": True},
             lambda a: getattr(a, method)(0, True).values,
         ),
-        S((g.distinct(2, 3, 4),), {"dim": -2, "keepdim": False}, lambda a: getattr(a, method)(-2)[0]),
+        S(
+            (g.distinct(2, 3, 4),),
+            {"dim": -2, "keepdim": False},
+            lambda a: getattr(a, method)(-2)[0],
+        ),
         S((g.ints(3, 4),), {"dim": 1, "keepdim": False}, lambda a: getattr(a, method)(1).values),
     ]
 

@@ -331,7 +331,7 @@ ERRORS = [  # (what, fn, exception, op named in the message)
     ("linear of mixed dtypes", lambda: torch.nn.functional.linear(
         torch.ones(2, 3), torch.ones(4, 3, dtype=torch.float64)), RuntimeError, "linear"),
     ("reshape to a wrong size", lambda: torch.ones(6).reshape(4, -1), RuntimeError, "reshape"),
-    ("sum over a missing dim", lambda: torch.ones(2, 3).sum(2), IndexError, "Dimension out of range"),
+    ("sum over a missing dim", lambda: torch.ones(2, 3).sum(2), IndexError, "out of range"),
     ("in-place on a leaf", lambda: torch.ones(2, requires_grad=True).add_(1), RuntimeError, "add_"),
 ]
 
@@ -508,7 +508,7 @@ def test_version_counter_error_on_modified_saved_output():
     a = torch.tensor([1.0, 2.0], requires_grad=True)
     b = a.exp()  # ExpBackward0 saves its output
     b.add_(1)
-    with pytest.raises(RuntimeError, match="modified by an inplace operation.*output of ExpBackward0"):
+    with pytest.raises(RuntimeError, match="modified by an inplace.*an output of ExpBackward0"):
         b.sum().backward()
     c = a * 2  # MulBackward0 saves only the scalar: changing c is fine
     c.add_(1)
@@ -749,7 +749,7 @@ def test_indexing_matches_pytorch(index):
         b[index] = vg
         (b * b).sum().backward()
         out += [c.numpy(), b.detach().numpy(), vg.grad.numpy()]
-    for g, t in zip(got, want):
+    for g, t in zip(got, want, strict=True):
         if isinstance(g, str):
             assert g == t
         else:
@@ -1108,5 +1108,6 @@ def test_promotion_rule_runs_once_per_op_and_input_dtypes(monkeypatch):
     for _ in range(3):
         assert (a * a).dtype is torch.float32 and (a * b).dtype is torch.float64
         assert (a * torch.ones((), dtype=torch.float64)).dtype is torch.float32
-        assert (torch.tensor([1, 2]) * 1.5).dtype is torch.float32 and (a * 2).dtype is torch.float32
+        assert (torch.tensor([1, 2]) * 1.5).dtype is torch.float32
+        assert (a * 2).dtype is torch.float32
     assert len(calls) == 5

@@ -22,6 +22,7 @@ from .autograd import GRAD, Node
 from .dtypes import bool_, float32, float64, int32, int64
 from .errors import op_error, user_line
 
+
 class _TracerSlot(list):
     """``TRACER[0]``: the active tracer, or None in eager mode. Setting it notes the thread that
     traces, so that tensor math other threads do meanwhile stays eager."""
@@ -706,7 +707,9 @@ class Tensor:
 
     def __invert__(self):
         if self.dtype is not bool_:
-            raise op_error("bitwise_not", f"only bool tensors are supported here, got {self.dtype.name}")
+            raise op_error(
+                "bitwise_not", f"only bool tensors are supported here, got {self.dtype.name}"
+            )
         return apply(ops.REGISTRY["logical_not"], (self,), {})
 
     def add(self, other, alpha=1):
@@ -993,7 +996,8 @@ class Tensor:
                 ops.put(self._s.v, index, tuple(t._s.v for t in tensors), v)
             except (ValueError, IndexError, TypeError) as e:
                 cls = IndexError if isinstance(e, IndexError) else RuntimeError
-                raise op_error("index_put_", f"{e}; got ({_describe((self, value))})", cls) from None
+                msg = f"{e}; got ({_describe((self, value))})"
+                raise op_error("index_put_", msg, cls) from None
             self._s.version += 1
         else:
             r = apply(_OPS["index_put"], (self, value, *tensors), {"index": index})
