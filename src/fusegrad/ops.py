@@ -828,7 +828,7 @@ class GetItem(View):
         return view[i].shape, x.dtype
 
     def eager(self, x, *idx, index):
-        view, i = _index_steps(x, index, idx)
+        view, i = (x, _static_index(index)) if not idx else _index_steps(x, index, idx)
         r = view[i]
         return r if type(r) is np.ndarray else view[i + (Ellipsis,)]  # a 0-d view, not a scalar
 

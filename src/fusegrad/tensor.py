@@ -131,7 +131,9 @@ def _eager(op, args, attrs) -> Tensor:
         for i, d in casts:
             arrays[i] = arrays[i].astype(d)
     else:
-        arrays = [a._s.v if isinstance(a, Tensor) else a for a in args]
+        arrays = []
+        for a in args:
+            arrays.append(a._s.v if isinstance(a, Tensor) else a)
         od = None
     if kind == "view":  # views keep the dtype and never warn
         try:
@@ -899,7 +901,8 @@ class Tensor:
     @property
     def T(self):
         n = len(self._s.v.shape)
-        return apply(_OPS["permute"], (self,), {"dims": tuple(range(n - 1, -1, -1))})
+        dims = _T_DIMS[n] if n < 3 else tuple(range(n - 1, -1, -1))
+        return apply(_OPS["permute"], (self,), {"dims": dims})
 
     @property
     def mT(self):
