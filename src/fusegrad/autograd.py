@@ -258,7 +258,7 @@ def _accumulate_leaf(leaf, g, handed: set, create_graph: bool):
     elif create_graph:
         leaf.grad = leaf.grad + g
     else:
-        leaf.grad._write(leaf.grad + g, "AccumulateGrad")
+        leaf.grad._inplace_update(leaf.grad + g, "AccumulateGrad")
 
 
 def _check_versions(node: Node):

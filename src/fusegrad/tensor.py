@@ -227,7 +227,7 @@ def _record(op, args: tuple, attrs: dict, out: Tensor) -> None:
             versions.append(a._s.version)
             if a.requires_grad:
                 needs.append(True)
-                edges.append(a.grad_fn or a)  # the producer, or the leaf itself
+                edges.append(a.grad_fn or a)  # _edge(a), inlined
                 continue
         else:
             versions.append(None)
@@ -243,6 +243,13 @@ def _record(op, args: tuple, attrs: dict, out: Tensor) -> None:
 
 
 ops.DISPATCH = apply
+
+
+def _edge(a):
+    """Where a's gradient goes: its producer node, the leaf itself, or nowhere (None)."""
+    if not isinstance(a, Tensor) or not a.requires_grad:
+        return None
+    return a.grad_fn if a.grad_fn is not None else a
 
 
 def _wrap_store(store: Store) -> Tensor:
@@ -991,7 +998,7 @@ class Tensor:
         if GRAD[0] and (self.requires_grad or (isinstance(value, Tensor) and value.requires_grad)):
             self._check_inplace("index_put_")  # index_put reads only x's shape: no snapshot
             r = apply(_OPS["index_put"], (self._alias(), value, *tensors), {"index": index})
-            self._write(r, "index_put_")
+            self._inplace_update(r, "index_put_")
             self.grad_fn, self.requires_grad = r.grad_fn, True
         elif TRACER[0] is None:
             v = value._s.v if isinstance(value, Tensor) else value
@@ -1004,7 +1011,7 @@ class Tensor:
             self._s.version += 1
         else:
             r = apply(_OPS["index_put"], (self, value, *tensors), {"index": index})
-            self._write(r, "index_put_")
+            self._inplace_update(r, "index_put_")
 
     # ---- in-place
     def _check_inplace(self, name: str):
@@ -1036,7 +1043,7 @@ class Tensor:
         t.requires_grad, t.grad_fn = self.requires_grad, self.grad_fn
         return t
 
-    def _write(self, r: Tensor, name: str):
+    def _inplace_update(self, r: Tensor, name: str):
         """Write r's value into self's memory, which aliases (detach(), .data, numpy()) share,
         and bump the version counter that saved tensors are checked against."""
         s = self._s
@@ -1071,13 +1078,13 @@ class Tensor:
             self.requires_grad or any(isinstance(o, Tensor) and o.requires_grad for o in operands)
         )
         if not recording:
-            self._write(fn(self), name)
+            self._inplace_update(fn(self), name)
             return self
         src = self._snapshot()
         r = fn(src)
         if not r.requires_grad and self.requires_grad:  # e.g. fill_: self's gradient is zero
             r = r + src * 0
-        self._write(r, name)
+        self._inplace_update(r, name)
         self.grad_fn, self.requires_grad = r.grad_fn, r.requires_grad
         return self
 
