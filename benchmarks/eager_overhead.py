@@ -9,8 +9,9 @@ Those microseconds decide the speed of small models (DynamicNet, small_mlp), so 
 watching as ratios to numpy (the floor: no framework at all) and to PyTorch eager (the
 reference framework), measured in one process, one after the other.
 
-Libraries run in the order numpy, fusegrad, PyTorch: torch's OpenMP workers keep spinning for
-a while after a parallel op, so they go last.  Importing fusegrad pins BLAS to one thread for
+Per-op timings interleave the libraries round by round (see ``op_costs``). DynamicNet runs in
+the order numpy, fusegrad, PyTorch: torch's OpenMP workers keep spinning for a while after a
+parallel op, so they go last.  Importing fusegrad pins BLAS to one thread for
 the whole process, so numpy's DynamicNet here runs with one BLAS thread too, like the suite's
 numpy contender.
 
@@ -37,11 +38,15 @@ if __package__ in (None, ""):  # run as a script: make the package importable
 from benchmarks import numpy_steps  # noqa: E402
 from benchmarks.workloads import DYNAMIC_NET_SEED, WORKLOADS  # noqa: E402
 
-OPS: dict[str, Callable] = {
+OPS: dict[str, Callable] = {  # written so that numpy arrays run them too
     "add": lambda a, b: a + b,
     "mul": lambda a, b: a * b,
     "matmul": lambda a, b: a @ b,
     "sum": lambda a, b: a.sum(),
+    "sum(1)": lambda a, b: a.sum(1),
+    "a[1]": lambda a, b: a[1],
+    "reshape": lambda a, b: a.reshape(16),
+    ".T": lambda a, b: a.T,
 }
 
 
@@ -69,21 +74,30 @@ def rss_mib() -> float:
     return psutil.Process().memory_info().rss / 2**20
 
 
-def op_costs(lib: str, calls: int) -> dict[str, dict[bool, float]]:
-    """{op: {requires_grad: us per call}} for 4x4 float32 operands."""
+def op_costs(libs: list[str], calls: int, rounds: int = 5) -> dict[str, dict[str, dict]]:
+    """{lib: {op: {requires_grad: us per call}}} for 4x4 float32 operands.
+
+    Each round times every (op, library) pair once, the libraries of one op back to back, and
+    the best round counts: a change in machine load (other processes on a shared machine) then
+    hits every library alike instead of skewing the ratios."""
     rng = np.random.default_rng(0)
     a_np, b_np = (rng.standard_normal((4, 4)).astype(np.float32) for _ in range(2))
-    out: dict[str, dict[bool, float]] = {op: {} for op in OPS}
-    if lib == "numpy":
+    operands = {("numpy", False): (a_np, b_np)}
+    for lib in libs[1:]:
+        tl = __import__(lib)
+        for grad in (False, True):
+            operands[lib, grad] = tuple(
+                tl.from_numpy(x.copy()).requires_grad_(grad) for x in (a_np, b_np)
+            )
+    best: dict = {}
+    for _ in range(rounds):
         for op, fn in OPS.items():
-            out[op][False] = per_call_us(fn, a_np, b_np, calls)
-        return out
-    tl = __import__(lib)
-    for grad in (False, True):
-        a = tl.from_numpy(a_np.copy()).requires_grad_(grad)
-        b = tl.from_numpy(b_np.copy()).requires_grad_(grad)
-        for op, fn in OPS.items():
-            out[op][grad] = per_call_us(fn, a, b, calls)
+            for (lib, grad), (a, b) in operands.items():
+                t = per_call_us(fn, a, b, calls, repeats=1)
+                best[lib, op, grad] = min(best.get((lib, op, grad), float("inf")), t)
+    out: dict = {lib: {op: {} for op in OPS} for lib in libs}
+    for (lib, op, grad), t in best.items():
+        out[lib][op][grad] = t
     return out
 
 
@@ -147,10 +161,10 @@ def main(argv: list[str] | None = None) -> int:
     missing = {"fusegrad", "torch"} - set(libs)
     if missing:
         print(f"not installed, left out: {', '.join(sorted(missing))}")
-    ops = {lib: op_costs(lib, calls) for lib in libs}
+    ops = op_costs(libs, calls)
     nets = {lib: dynamic_net_ms(lib, blocks, inner) for lib in libs}
 
-    print(f"per-op cost on 4x4 float32, us per call (best of 5 x {calls} calls)")
+    print(f"per-op cost on 4x4 float32, us per call (best of 5 interleaved rounds x {calls})")
     cols = ["op", "numpy"]
     for lib in libs[1:]:
         cols += [lib, f"{lib}+grad"]

@@ -563,37 +563,57 @@ def s_mean(g):
     return _reduction(g, "mean", g.n)
 
 
-def _extreme(g, method, short):
-    """amax/amin, and max/min(dim) whose values are the same op."""
+def _extreme(g, method):
+    """amax/amin, over distinct values: the gradient of a tie is a convention (see max/min)."""
     return _reduction(
         g,
         method,
         g.distinct,
-        [
-            S((g.distinct(3, 4),), {"dim": None, "keepdim": False}, lambda a: getattr(a, short)()),
-            S(
-                (g.distinct(3, 4),),
-                {"dim": 1, "keepdim": False},
-                lambda a: getattr(a, short)(dim=1)[0],
-            ),
-            S(
-                (g.distinct(3, 4),),
-                {"dim": 0, "keepdim": True},
-                lambda a: getattr(a, short)(0, True).values,
-            ),
-            S((g.ints(3, 4),), {"dim": 1, "keepdim": False}, lambda a: getattr(a, method)(1)),
-        ],
+        [S((g.ints(3, 4),), {"dim": 1, "keepdim": False}, lambda a: getattr(a, method)(1))],
     )
 
 
 @sampler
 def s_amax(g):
-    return _extreme(g, "amax", "max")
+    return _extreme(g, "amax")
 
 
 @sampler
 def s_amin(g):
-    return _extreme(g, "amin", "min")
+    return _extreme(g, "amin")
+
+
+def _max_min(g, method):
+    """x.max() and the values of x.max(dim) (PyTorch's MaxBackward1 / MaxBackward0)."""
+    return [
+        S((g.distinct(3, 4),), {"dim": None, "keepdim": False}, lambda a: getattr(a, method)()),
+        S(
+            (g.distinct(3, 4),),
+            {"dim": 1, "keepdim": False},
+            lambda a: getattr(a, method)(dim=1)[0],
+        ),
+        S(
+            (g.distinct(3, 4),),
+            {"dim": 0, "keepdim": True},
+            lambda a: getattr(a, method)(0, True).values,
+        ),
+        S(
+            (g.distinct(2, 3, 4),),
+            {"dim": -2, "keepdim": False},
+            lambda a: getattr(a, method)(-2)[0],
+        ),
+        S((g.ints(3, 4),), {"dim": 1, "keepdim": False}, lambda a: getattr(a, method)(1).values),
+    ]
+
+
+@sampler
+def s_max(g):
+    return _max_min(g, "max")
+
+
+@sampler
+def s_min(g):
+    return _max_min(g, "min")
 
 
 def _arg(g, method, short):
@@ -707,6 +727,7 @@ def s_permute(g):
         S((g.n(2, 3, 4),), {"dims": (-1, 0, 1)}, lambda a: a.permute((-1, 0, 1))),
         S((g.n(3, 4),), {"dims": (1, 0)}, lambda a: lib(a).permute(a, (1, 0))),
         S((g.n(2, 3, 4),), {"dims": (2, 1, 0)}, lambda a: a.permute(2, 1, 0)),
+        S((g.n(3, 4),), {"dims": (1, 0)}, lambda a: a.T),  # PyTorch's x.T is a permute
     ]
 
 
@@ -725,7 +746,6 @@ def s_t(g):
     return [
         S((g.n(3, 4),), {}, lambda a: a.t()),
         S((g.n(4),), {}, lambda a: a.t()),
-        S((g.n(3, 4),), {}, lambda a: a.T),
         S((g.n(2, 3),), {}, lambda a: lib(a).t(a)),
     ]
 

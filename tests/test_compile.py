@@ -349,6 +349,22 @@ def test_changing_exponent_does_not_recompile():
     assert step.stats.graphs_compiled == 2
 
 
+def test_changing_exponent_in_backward_does_not_recompile():
+    # the backward of x ** p records x ** (p - 1): with p = 4.0 that is 3.0, still a runtime
+    # exponent (not one of the static -1, 0, 1, 2, 3)
+    w = fusegrad.tensor(np.linspace(0.5, 2.0, 6, dtype=np.float32), requires_grad=True)
+
+    def f(p):
+        w.grad = None
+        (w ** p).sum().backward()
+        return w.grad
+
+    step = fusegrad.compile(f)
+    for p in (2.5, 4.0, 1.5):
+        np.testing.assert_allclose(npy(step(p)), p * npy(w) ** (p - 1), rtol=1e-5)
+    assert step.stats.graphs_compiled == 1
+
+
 def test_changing_batch_size_new_graph_zero_new_kernels_and_explain():
     (me, oe), (mc, oc) = mse_setup(seed=13)
     loss_fn = nn.MSELoss()

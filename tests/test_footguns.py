@@ -651,10 +651,6 @@ def test_state_loaded_or_edited_outside_between_calls():
 
 
 # --------------------------------------------------------------------------- threads
-@pytest.mark.xfail(reason="BUG: the active tracer (tensor.TRACER) is process-global, so eager "
-                          "ops that another thread runs during a compiled call are recorded "
-                          "into that call's graph (lazy values, its graph breaks; with real "
-                          "concurrency a NameError in the generated driver)", strict=True)
 def test_eager_ops_on_another_thread_during_a_compiled_call_stay_eager():
     import threading
 

@@ -149,6 +149,8 @@ REF = {
     "mean": _reduce(np.mean),
     "amax": _reduce(np.max),
     "amin": _reduce(np.min),
+    "max": _reduce(np.max),
+    "min": _reduce(np.min),
     "argmax": _reduce(np.argmax),
     "argmin": _reduce(np.argmin),
     "all": _reduce(np.all),
@@ -232,6 +234,8 @@ _SAME = {
     "mean",
     "amax",
     "amin",
+    "max",
+    "min",
     "reshape",
     "unsqueeze",
     "squeeze",
@@ -310,75 +314,7 @@ def numpy_of(t) -> np.ndarray:
 # ----------------------------------------------------------------------------- parameters
 # Known library bugs: (test, op, sample index[, dtype]) -> reason. Each is xfail(strict=True),
 # so the test flips to a failure (and its entry must go) as soon as the bug is fixed.
-_CLAMP_DTYPE = (
-    "BUG: clamp of an int tensor with a float bound keeps int64 and truncates "
-    "(PyTorch promotes: tensor([1,2,3]).clamp(min=1.5) -> tensor([1.5, 2., 3.]))"
-)
-_CLAMP_GRAD = (
-    "BUG: clamp with a tensor min/max gives the bound no gradient (VJP returns None; "
-    "PyTorch gives it the gradient where the bound is active)"
-)
-_INT_CAST = (
-    "BUG: .long()/.int()/.bool() of a tensor that requires grad returns a tensor with "
-    "requires_grad=True and a ToCopyBackward0 grad_fn (PyTorch: integer/bool results "
-    "never require grad)"
-)
-_CAT_DTYPE = (
-    "BUG: cat of int64 and float32 tensors returns float64 (numpy's promotion); "
-    "infer() and PyTorch say float32"
-)
-_INDEX_ORDER = (
-    "BUG: x[1, :, [3, 0]] on a (2, 3, 4) tensor has shape (2, 3) (numpy puts the "
-    "advanced dims first); PyTorch selects the int first: shape (3, 2)"
-)
-_DOT_BACKWARD = (
-    "BUG: backward of 1-D @ 1-D (a 0-d dot product) raises IndexError in Matmul.vjp "
-    "(g.unsqueeze(-2) on a 0-d gradient)"
-)
-_SUM_NAME = (
-    "BUG: grad_fn of sum/mean with dim is SumBackward0/MeanBackward0; PyTorch names it "
-    "SumBackward1/MeanBackward1 whenever dim is given"
-)
-_SQUEEZE_NAME = (
-    "BUG: grad_fn of squeeze(dim) is SqueezeBackward0; PyTorch: SqueezeBackward1 "
-    "(one dim), SqueezeBackward2 (tuple of dims)"
-)
-_INDEX_NAME = (
-    "BUG: grad_fn of basic indexing is always IndexBackward0; PyTorch names the last "
-    "indexing step: SelectBackward0 (x[1], x[..., -1]), SliceBackward0 (x[:, 1:3]) "
-    "(ops.index_kind exists but Node.name does not use it)"
-)
-
-_INDEX_ORDER = (
-    "BUG: x[1, :, [3, 0]] on a (2, 3, 4) tensor has shape (2, 3) (numpy puts the "
-    "advanced dims first); PyTorch selects the int first: shape (3, 2)"
-)
-_SQUEEZE_NAME = (
-    "BUG: grad_fn of squeeze(dim) is SqueezeBackward0; PyTorch: SqueezeBackward1 "
-    "(one dim), SqueezeBackward2 (tuple of dims)"
-)
-_INDEX_NAME = (
-    "BUG: grad_fn of x[None, 1] and x[..., -1] is SliceBackward0; PyTorch names the "
-    "last indexing step: SelectBackward0 (ops.index_kind says Select only when every "
-    "index is an int)"
-)
-_MASK_SHAPE = (
-    "BUG: compiled x[mask] assumes every mask element is True (infer() indexes with "
-    "np.ones), so the traced shape is wrong: ValueError shapes (12,) (6,)"
-)
-
-BUGS: dict[tuple, str] = {
-    ("forward", "getitem", 11): _INDEX_ORDER,
-    ("torch", "getitem", 11): _INDEX_ORDER,
-    ("torch_name", "getitem", 8): _INDEX_NAME,
-    ("torch_name", "getitem", 9): _INDEX_NAME,
-    ("torch_name", "squeeze", 1): _SQUEEZE_NAME,
-    ("torch_name", "squeeze", 2): _SQUEEZE_NAME,
-    ("torch_name", "squeeze", 3): _SQUEEZE_NAME,
-    ("compiled", "getitem", 7): _MASK_SHAPE,
-    ("compiled", "index_put", 4): _MASK_SHAPE,
-    ("compiled", "index_grad", 2): _MASK_SHAPE,
-}
+BUGS: dict[tuple, str] = {}
 
 
 def _params(test: str, names=None, pick=None, dtypes=(None,)):
@@ -593,14 +529,9 @@ NAME_ALIASES = {
     "MmBackward0": {"AddmmBackward0"},  # linear without bias: one fusegrad op either way
     "StackBackward0": {"CatBackward0"},
     "CopySlices": {"IndexPutBackward0"},
-    "MaxBackward0": {"AmaxBackward0"},
-    "MaxBackward1": {"AmaxBackward0"},
-    "MinBackward0": {"AminBackward0"},
-    "MinBackward1": {"AminBackward0"},
     "RsubBackward1": {"SubBackward0"},  # 2.0 - x
     "MulBackward0": {"DivBackward0"},  # 2.0 / x
     "PowBackward2": {"PowBackward1"},  # 2.0 ** x
-    "PermuteBackward0": {"TBackward0"},  # x.T of a 2-D tensor
     "ClampBackward1": {"ClampMinBackward0", "ClampMaxBackward0"},  # clamp(min=0.2)
     "ClampBackward0": {"ClampMinBackward0", "ClampMaxBackward0", "ClampBackward1"},  # tensor bounds
 }
@@ -645,6 +576,8 @@ COMPILE_PICK = {
     "amin": [0, 2],
     "argmax": [1],
     "argmin": [0],
+    "max": [1],
+    "min": [2],
     "all": [1],
     "any": [0],
     "getitem": [2, 5, 7],

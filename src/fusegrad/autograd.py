@@ -212,8 +212,8 @@ def run_backward(
             if node.retain is not None:
                 t = node.retain()
                 if t is not None:
-                    t.grad = g.detach() if t.grad is None else t.grad + g.detach()
-            if node.versions is not None:
+                    t.grad = _retained(t.grad, g, handed)
+            if node.versions is not None or node.out is not None:
                 _check_versions(node)
             gs = node.op.vjp(node, g)
             for arg, edge, gi in zip(node.args, node.edges, gs):
@@ -234,6 +234,18 @@ def run_backward(
     return None
 
 
+def _retained(old, g, handed: set):
+    """A retained non-leaf's new .grad: g itself the first time, unless g's memory is (or will
+    be) some leaf's .grad, which accumulates in place later; a copy then."""
+    g = g.detach()
+    if old is not None:
+        return old + g
+    if id(g._s) in handed:
+        return g.clone()
+    handed.add(id(g._s))
+    return g
+
+
 def _accumulate_leaf(leaf, g, handed: set, create_graph: bool):
     """leaf.grad += g, as AccumulateGrad does; a fresh .grad never aliases another tensor."""
     if not create_graph:
@@ -246,15 +258,21 @@ def _accumulate_leaf(leaf, g, handed: set, create_graph: bool):
     elif create_graph:
         leaf.grad = leaf.grad + g
     else:
-        leaf.grad._inplace_update(leaf.grad + g)
+        leaf.grad._inplace_update(leaf.grad + g, "AccumulateGrad")
 
 
 def _check_versions(node: Node):
-    for a, v in zip(node.args, node.versions):
+    """PyTorch's saved-tensor check: an input or output that the VJP reads was changed in place
+    after the op ran, so its gradient would be computed from the wrong values."""
+    saved = list(zip(node.args, node.versions or ()))
+    if node.out is not None:
+        saved.append((node.out, 0))  # a saved output is a fresh tensor: version 0
+    for a, v in saved:
         if v is not None and a._s.version != v:
+            what = "an output" if a is node.out else "an input"
             raise RuntimeError(
                 "one of the variables needed for gradient computation has been modified by an "
-                f"inplace operation: [{a.dtype} {list(a.shape)}], which is an input of "
+                f"inplace operation: [{a.dtype} {list(a.shape)}], which is {what} of "
                 f"{node.name()}, is at version {a._s.version}; expected version {v} instead "
                 f"(at {user_line()})"
             )
@@ -287,7 +305,7 @@ def grad(
         if r is None and not allow_unused:
             raise RuntimeError(
                 "One of the differentiated Tensors appears to not have been used in the graph. "
-                "Set allow_unused=True if this is the desired behavior."
+                f"Set allow_unused=True if this is the desired behavior. (at {user_line()})"
             )
     return tuple(res)
 

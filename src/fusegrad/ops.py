@@ -27,6 +27,7 @@ import numpy as np
 
 from . import dtypes
 from .dtypes import bool_, float32, int64
+from .errors import op_error
 
 REGISTRY: dict[str, Op] = {}
 DISPATCH = None  # set by tensor.py: DISPATCH(op, args, attrs) -> Tensor
@@ -43,6 +44,7 @@ def defop(cls):
     if fn is not None and not isinstance(fn, staticmethod):
         cls.vjp = staticmethod(fn)  # vjp(n, g): the node is its context, not self
     op = cls()
+    op.plans = {}  # eager dispatch: input dtypes -> (casts, output dtype), see tensor._eager
     assert op.name not in REGISTRY, op.name
     REGISTRY[op.name] = op
     return cls
@@ -105,14 +107,26 @@ def part(x) -> tuple:
     return (dtypes.scalar_dtype(x), 0)
 
 
-def _quiet(fn):
-    """numpy warns on log(0), 1/0, overflow; PyTorch returns inf/nan silently, so do we."""
+class _SetErr:
+    """numpy < 2 fallback of NP_ERRSTATE: np.seterr, undone by reset."""
 
-    def run(*a, **k):
-        with np.errstate(all="ignore"):
-            return fn(*a, **k)
+    def set(self, mode: dict) -> dict:
+        return np.seterr(**mode)
 
-    return run
+    def reset(self, old: dict) -> None:
+        np.seterr(**old)
+
+
+# numpy warns on log(0), 1/0, overflow; PyTorch returns inf/nan silently, so eager kernels run
+# with NP_ERRSTATE.set(NP_QUIET) ... reset(token). numpy >= 2 keeps its error state in a context
+# variable; setting it directly costs ~0.1 us, where ``with np.errstate()`` costs ~2 us per op.
+try:
+    from numpy._core.umath import _extobj_contextvar as NP_ERRSTATE
+    from numpy._core.umath import _make_extobj
+
+    NP_QUIET = _make_extobj(all="ignore")
+except (ImportError, TypeError):  # numpy 1.x, or a numpy whose internals moved
+    NP_ERRSTATE, NP_QUIET = _SetErr(), {"all": "ignore"}
 
 
 def _reduced_numel(shape: tuple, dims) -> int:
@@ -190,7 +204,7 @@ class Mul(Elementwise):
 @defop
 class Div(Elementwise):
     name, grad_fn, lower, rule = "div", "DivBackward0", "({0} / {1})", "float"
-    eager = staticmethod(_quiet(np.true_divide))
+    eager = staticmethod(np.true_divide)
 
     def vjp(n, g):
         a, b = n.args
@@ -204,13 +218,23 @@ class Pow(Elementwise):
     """tensor ** tensor (or scalar ** tensor); tensor ** number is PowScalar."""
 
     name, grad_fn, lower, rule = "pow", "PowBackward1", "({0} ** {1})", "promote"
-    eager = staticmethod(_quiet(np.power))
+    eager = staticmethod(np.power)
     saves_out = True
 
-    def vjp(n, g):
+    def vjp(n, g):  # PyTorch's: 0 where the exponent is 0, and where 0 ** (b >= 0) for b
         a, b = n.args
-        ga = g * (b * a ** (b - 1)) if n.needs[0] else None
-        gb = g * (n.out * a.log() if hasattr(a, "log") else n.out * math.log(a)) if n.needs[1] else None
+        ga = gb = None
+        if n.needs[0]:
+            ga = b * a ** (b - 1)
+            ga = g * (call("where", b == 0, 0.0, ga) if hasattr(b, "shape") else ga if b else 0.0)
+        if n.needs[1]:
+            if hasattr(a, "log"):
+                gb = call("where", (a == 0) & (b >= 0), 0.0, n.out * a.log())
+            elif a == 0:
+                gb = call("where", b >= 0, 0.0, n.out * -math.inf)
+            else:
+                gb = n.out * (math.log(a) if a > 0 else math.nan)
+            gb = g * gb
         return ga, gb
 
 
@@ -240,12 +264,11 @@ class PowScalar(Elementwise):
 
     def eager(self, x, e=None, *, exponent):
         exponent = e if exponent is None else exponent
-        with np.errstate(all="ignore"):
-            if exponent == 2:
-                return np.multiply(x, x)
-            if not float(exponent).is_integer() and not np.issubdtype(x.dtype, np.floating):
-                x = x.astype(np.float32)
-            return np.power(x, exponent if not np.issubdtype(x.dtype, np.floating) else x.dtype.type(exponent))
+        if exponent == 2:
+            return np.multiply(x, x)
+        if not float(exponent).is_integer() and not np.issubdtype(x.dtype, np.floating):
+            x = x.astype(np.float32)
+        return np.power(x, exponent if not np.issubdtype(x.dtype, np.floating) else x.dtype.type(exponent))
 
     @staticmethod
     def lower(args, attrs, cast):
@@ -264,10 +287,13 @@ class PowScalar(Elementwise):
 
     def vjp(n, g):
         x = n.args[0]
-        e = PowScalar.exponent(n.args, n.attrs)
+        if n.attrs["exponent"] is None:  # a runtime exponent stays one in the backward
+            e = n.args[1]
+            return g * (call("pow_scalar", x, e - 1, exponent=None) * e), None
+        e = n.attrs["exponent"]
         if e == 0:
-            return (g * 0.0,) + (None,) * (len(n.args) - 1)
-        return (g * (x ** (e - 1) * e) if e != 2 else g * (x * 2.0),) + (None,) * (len(n.args) - 1)
+            return (g * 0.0,)
+        return (g * (x ** (e - 1) * e) if e != 2 else g * (x * 2.0),)
 
 
 def _ufunc_unary(name, grad_fn, fn, lower, vjp, rule="float", saves_out=False, needs=True):
@@ -276,10 +302,13 @@ def _ufunc_unary(name, grad_fn, fn, lower, vjp, rule="float", saves_out=False, n
         (Unary,),
         dict(
             name=name, grad_fn=grad_fn, lower=lower, rule=rule, saves_out=saves_out,
-            needs_inputs=needs, eager=staticmethod(_quiet(fn)), vjp=vjp,
+            needs_inputs=needs, eager=staticmethod(fn), vjp=vjp,
         ),
     )
     return REGISTRY[defop(cls).name]
+
+
+_ZERO = {d.np: np.zeros((), d.np) for d in dtypes.ALL}  # numpy converts a Python 0 slowly
 
 
 def _sigmoid(x):
@@ -331,7 +360,7 @@ _ufunc_unary(
     lambda n, g: (g * (n.out * (1 - n.out)),), saves_out=True,
 )
 _ufunc_unary(
-    "relu", "ReluBackward0", lambda x: np.maximum(x, 0), "max({0}, 0)",
+    "relu", "ReluBackward0", lambda x: np.maximum(x, _ZERO[x.dtype]), "max({0}, 0)",
     lambda n, g: (g * (n.out > 0),), "same", saves_out=True,
 )
 _ufunc_unary("abs", "AbsBackward0", np.abs, "abs({0})", lambda n, g: (g * n.args[0].sign(),), "same")
@@ -425,11 +454,11 @@ class Clamp(Elementwise):
     def eager(self, x, lo, hi):
         return np.minimum(np.maximum(x, lo), hi)
 
-    def vjp(n, g):
+    def vjp(n, g):  # PyTorch's: with min > max the result is max, and max gets the gradient
         x, lo, hi = n.args
-        glo = g * ((x < lo) * (lo <= hi)) if n.needs[1] else None
-        ghi = g * (x > hi) if n.needs[2] else None
-        return g * ((x >= lo) * (x <= hi)), glo, ghi
+        glo = g * ((x < lo) & (lo < hi)) if n.needs[1] else None
+        ghi = g * ((x > hi) | (hi < lo)) if n.needs[2] else None
+        return g * ((x >= lo) & (x <= hi)), glo, ghi
 
 
 @defop
@@ -522,8 +551,7 @@ class Sum(Reduce):
         return d if d.is_floating_point else int64
 
     def eager(self, x, dims, keepdim):
-        out = self.out_dtype(dtypes.from_numpy_dtype(x.dtype)).np
-        return np.sum(x, axis=dims, keepdims=keepdim, dtype=out)
+        return np.add.reduce(x, dims, None if x.dtype.kind == "f" else np.int64, None, keepdim)
 
     def vjp(n, g):
         x = n.args[0]
@@ -550,8 +578,9 @@ class Mean(Reduce):
 
     def eager(self, x, dims, keepdim):
         self.out_dtype(dtypes.from_numpy_dtype(x.dtype))
-        with np.errstate(all="ignore"):
-            return np.mean(x, axis=dims, keepdims=keepdim)
+        # sum / count, as np.mean computes it, without its "Mean of empty slice" warning
+        total = np.add.reduce(x, axis=dims, keepdims=keepdim)
+        return np.true_divide(total, _reduced_numel(x.shape, dims), dtype=x.dtype)
 
     def vjp(n, g):
         x = n.args[0]
@@ -576,15 +605,49 @@ def _extreme_vjp(n, g):
 @defop
 class Amax(Reduce):
     name, grad_fn, lower, saves_out = "amax", "AmaxBackward0", "max", True
-    eager = staticmethod(lambda x, dims, keepdim: np.max(x, axis=dims, keepdims=keepdim))
+    eager = staticmethod(lambda x, dims, keepdim: np.maximum.reduce(x, axis=dims, keepdims=keepdim))
     vjp = _extreme_vjp
 
 
 @defop
 class Amin(Reduce):
     name, grad_fn, lower, saves_out = "amin", "AminBackward0", "min", True
-    eager = staticmethod(lambda x, dims, keepdim: np.min(x, axis=dims, keepdims=keepdim))
+    eager = staticmethod(lambda x, dims, keepdim: np.minimum.reduce(x, axis=dims, keepdims=keepdim))
     vjp = _extreme_vjp
+
+
+def _first_extreme_vjp(n, g):
+    """Gradient of max(dim)/min(dim): all of it to the index they return (the first extreme),
+    as PyTorch's does; without a dim, split evenly among ties like amax/amin."""
+    if n.attrs["dims"] is None:
+        return _extreme_vjp(n, g)
+    x, ((d,), keepdim) = n.args[0], (n.attrs["dims"], n.attrs["keepdim"])
+    arg = "argmax" if n.op.name == "max" else "argmin"
+    first = call(arg, x, dim=d, keepdim=True)
+    positions = np.arange(x.shape[d]).reshape([-1 if i == d else 1 for i in range(len(x.shape))])
+    if not keepdim:
+        g = g.reshape(kept_shape(x.shape, (d,)))
+    return (g * (first == positions),)
+
+
+@defop
+class Max(Amax):
+    """x.max() and the values of x.max(dim): amax's values, PyTorch's gradient and names."""
+
+    name = "max"
+    vjp = _first_extreme_vjp
+
+    def node_name(self, attrs):
+        return "MaxBackward1" if attrs["dims"] is None else "MaxBackward0"
+
+
+@defop
+class Min(Amin):
+    name = "min"
+    vjp = _first_extreme_vjp
+
+    def node_name(self, attrs):
+        return "MinBackward1" if attrs["dims"] is None else "MinBackward0"
 
 
 class _ArgReduce(Reduce):
@@ -644,7 +707,7 @@ class Reshape(View):
         return shape, x.dtype
 
     def eager(self, x, shape):
-        return np.reshape(x, shape)
+        return x.reshape(shape)
 
     def vjp(n, g):
         return (g.reshape(n.args[0].shape),)
@@ -657,7 +720,16 @@ class Unsqueeze(Reshape):
 
 @defop
 class Squeeze(Reshape):
+    """A reshape; ``dim`` (None, an int or a tuple, as given) only names the grad_fn."""
+
     name, grad_fn = "squeeze", "SqueezeBackward0"
+
+    def node_name(self, attrs):
+        dim = attrs["dim"]
+        return "SqueezeBackward" + ("0" if dim is None else "1" if type(dim) is int else "2")
+
+    def eager(self, x, shape, dim):
+        return x.reshape(shape)
 
 
 @defop
@@ -669,7 +741,7 @@ class Permute(View):
         return tuple(s[d] for d in attrs["dims"]), args[0].dtype
 
     def eager(self, x, dims):
-        return np.transpose(x, dims)
+        return x.transpose(dims)
 
     def vjp(n, g):
         return (g.permute(*np.argsort(n.attrs["dims"]).tolist()),)
@@ -687,16 +759,67 @@ class T(Permute):
 
 def _index_arrays(index: tuple, arrays: tuple) -> tuple:
     """Put the runtime index arrays back into a static index tuple (slots marked 'T')."""
+    if not arrays:
+        return _static_index(index)
     it = iter(arrays)
-    return tuple(next(it) if i == "T" else (slice(*i[1:]) if type(i) is tuple else i) for i in index)
+    return tuple(next(it) if i == "T" else _index_item(i) for i in index)
+
+
+def _index_item(i):
+    """A static index element as numpy takes it: ("s", start, stop, step) is a slice and
+    ("b", flag) a Python bool (kept apart from the int 1, which compares equal to True)."""
+    if type(i) is tuple:
+        return slice(*i[1:]) if i[0] == "s" else i[1]
+    return i
+
+
+def _index_steps(x: np.ndarray, index: tuple, arrays: tuple) -> tuple[np.ndarray, tuple]:
+    """(view, last index): x[index] in PyTorch's order is view[last index]. PyTorch selects
+    with ints before it applies tensor indices (x[1, :, t] is x[1][:, t]); numpy would fold the
+    int into one advanced index and put t's dims first. The view is a numpy view of x, so writes
+    through it (item assignment, gradient accumulation) reach x."""
+    if not arrays or not any(type(i) is int for i in index) or any(
+        type(i) is tuple and i[0] == "b" for i in index
+    ):
+        return x, _index_arrays(index, arrays)
+    first, last, it = [], [], iter(arrays)
+    for i in index:
+        if i == "T":
+            a = next(it)
+            first.extend([slice(None)] * (a.ndim if a.dtype == np.bool_ else 1))
+            last.append(a)
+        elif type(i) is int:
+            first.append(i)
+        elif i is Ellipsis:
+            first.append(i)
+            last.append(i)
+        else:  # a slice or None: taken in the first step, kept whole in the second
+            first.append(_index_item(i))
+            last.append(slice(None))
+    return x[tuple(first)], tuple(last)
+
+
+@lru_cache(maxsize=4096)
+def _static_index(index: tuple) -> tuple:
+    return tuple(_index_item(i) for i in index)
+
+
+_FULL_SLICES = ((None, None, None), (None, None, 1), (0, None, None), (0, None, 1))
 
 
 def index_kind(index: tuple) -> str:
-    if any(i == "T" for i in index):
+    """PyTorch's grad_fn name for x[index]: that of the last step its indexing takes (it
+    selects, slices and unsqueezes left to right, tensor and bool indices last)."""
+    if any(i == "T" or (type(i) is tuple and i[0] == "b") for i in index):
         return "IndexBackward0"
-    if all(type(i) is int for i in index):
-        return "SelectBackward0"
-    return "SliceBackward0"
+    for i in reversed(index):
+        if type(i) is int:
+            return "SelectBackward0"
+        if i is None:
+            return "UnsqueezeBackward0"
+        if type(i) is tuple and i[1:] not in _FULL_SLICES:
+            return "SliceBackward0"
+    return "AliasBackward0"
 
 
 @defop
@@ -713,10 +836,13 @@ class GetItem(View):
         dummy = np.broadcast_to(np.zeros((), np.int8), x.shape)
         idx = [np.zeros(a.shape, a.dtype.np) if a.dtype is not bool_ else np.ones(a.shape, bool)
                for a in args[1:]]
-        return dummy[_index_arrays(attrs["index"], idx)].shape, x.dtype
+        view, i = _index_steps(dummy, attrs["index"], tuple(idx))
+        return view[i].shape, x.dtype
 
     def eager(self, x, *idx, index):
-        return x[_index_arrays(index, idx)]
+        view, i = (x, _static_index(index)) if not idx else _index_steps(x, index, idx)
+        r = view[i]
+        return r if type(r) is np.ndarray else view[i + (Ellipsis,)]  # a 0-d view, not a scalar
 
     def vjp(n, g):
         x, *idx = n.args
@@ -734,12 +860,18 @@ class IndexGrad(Op):
 
     def eager(self, g, *idx, shape, index):
         out = np.zeros(shape, g.dtype)
-        np.add.at(out, _index_arrays(index, idx), g)
+        np.add.at(*_index_steps(out, index, idx), g)
         return out
 
     def vjp(n, g):
         _, *idx = n.args
         return (call("getitem", g, *idx, index=n.attrs["index"]),) + (None,) * len(idx)
+
+
+def put(x: np.ndarray, index: tuple, arrays: tuple, v) -> None:
+    """x[index] = v in place, in PyTorch's indexing order."""
+    view, i = _index_steps(x, index, arrays)
+    view[i] = v
 
 
 @defop
@@ -753,7 +885,7 @@ class IndexPut(Op):
 
     def eager(self, x, v, *idx, index):
         out = np.array(x, copy=True)
-        out[_index_arrays(index, idx)] = v
+        put(out, index, idx, v)
         return out
 
     def vjp(n, g):
@@ -764,6 +896,13 @@ class IndexPut(Op):
 
 
 # --------------------------------------------------------------------------- extern (BLAS etc.)
+def _matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """np.matmul; np.dot where it means the same (1-D and 2-D operands), as it costs less."""
+    if 0 < a.ndim < 3 and 0 < b.ndim < 3:
+        return np.dot(a, b)
+    return np.matmul(a, b)
+
+
 @defop
 class Matmul(Op):
     name, grad_fn = "matmul", "MmBackward0"
@@ -781,10 +920,10 @@ class Matmul(Op):
                 f"{'x'.join(map(str, sb))})"
             )
         batch = broadcast_shapes(sa[:-2], sb[:-2])
-        out = batch + ((sa[-2],) if len(sa) > 1 else ()) + ((sb[-1],) if len(sb) > 1 else ())
+        out = batch + (sa[-2:-1] if len(sa) > 1 else ()) + (sb[-1:] if len(sb) > 1 else ())
         return out, dtypes.promote((part(a), part(b)))
 
-    eager = staticmethod(np.matmul)
+    eager = staticmethod(_matmul)
 
     def vjp(n, g):
         a, b = n.args
@@ -822,7 +961,7 @@ class Linear(Op):
         return x.shape[:-1] + (w.shape[0],), dtypes.promote(tuple(part(a) for a in args))
 
     def eager(self, x, w, b=None):
-        out = np.matmul(x, w.T)
+        out = _matmul(x, w.T)
         if b is not None:
             out += b
         return out
@@ -848,7 +987,7 @@ class MatmulT(Op):
         return x.shape[:-1] + (w.shape[0],), x.dtype
 
     def eager(self, x, w):
-        return np.matmul(x, w.T)
+        return _matmul(x, w.T)
 
 
 @defop
@@ -1039,9 +1178,9 @@ class Updated(Op):
 def linear(x, weight, bias=None):
     """x @ weight.T + bias as one recorded op (what nn.Linear calls)."""
     if x.dtype is not weight.dtype or (bias is not None and bias.dtype is not x.dtype):
-        raise RuntimeError(
-            f"linear: expected input, weight and bias of one dtype, got {x.dtype.name}, "
-            f"{weight.dtype.name}{', ' + bias.dtype.name if bias is not None else ''}"
+        raise op_error(
+            "linear", f"expected input, weight and bias of one dtype, got {x.dtype.name}, "
+            f"{weight.dtype.name}{', ' + bias.dtype.name if bias is not None else ''}",
         )
     return call("linear", x, weight) if bias is None else call("linear", x, weight, bias)
 

@@ -134,8 +134,8 @@ def tensor_repr(t) -> str:
         suffixes.append(f"size={tuple(a.shape)}")
     if t.is_cuda:
         suffixes.append("device='cuda:0'")
-    if d not in (float32, int64, bool_):
-        suffixes.append(f"dtype={d!r}")
+    if d not in (float32, int64, bool_) or (a.size == 0 and d is not float32):
+        suffixes.append(f"dtype={d!r}")  # an empty tensor has no values to show it is int
     if t.grad_fn is not None:
         suffixes.append(f"grad_fn=<{t.grad_fn.name()}>")
     elif t.requires_grad:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import builtins
 import math
+import threading
 import weakref
 from collections import namedtuple
 
@@ -22,8 +23,25 @@ from .device_array import CudaArray
 from .dtypes import bool_, float32, float64, int32, int64
 from .errors import op_error, user_line
 
-TRACER = [None]  # the active tracer (fusegrad.trace sets it); None in eager mode
+
+class _TracerSlot(list):
+    """``TRACER[0]``: the active tracer, or None in eager mode. Setting it notes the thread that
+    traces, so that tensor math other threads do meanwhile stays eager."""
+
+    __slots__ = ("owner",)
+
+    def __setitem__(self, i, tracer) -> None:
+        self.owner = threading.get_ident()
+        super().__setitem__(i, tracer)
+
+
+TRACER = _TracerSlot([None])  # fusegrad.compile sets TRACER[0] while it traces a call
+TRACER.owner = None
+_get_ident = threading.get_ident
 _NP2FG = {d.np: d for d in dtypes.ALL}
+_ZERO_DIM = {d.np: f"0-d {d.name}" for d in dtypes.ALL}  # dtype-plan keys of zero-dim tensors
+_new = object.__new__
+_NP_ERR, _NP_QUIET = ops.NP_ERRSTATE, ops.NP_QUIET
 
 
 class Store:
@@ -108,27 +126,55 @@ def _describe(args) -> str:
     return ", ".join(parts)
 
 
-def _eager(op, args, attrs):
-    arrays = [a._s.v if isinstance(a, Tensor) else a for a in args]
-    if _device.USED[0] and any(type(a) is CudaArray for a in arrays):
+def _eager(op, args, attrs) -> Tensor:
+    """Run op's numpy kernel now. Elementwise ops cast their inputs and result by PyTorch's
+    promotion rule, looked up per (op, input dtypes) so the rule runs once, not per call."""
+    if _device.USED[0] and any(isinstance(a, Tensor) and type(a._s.v) is CudaArray for a in args):
         return _eager_cuda(op, args, attrs)
-    od = None
-    if op.kind == "elementwise":
-        cd, od = op.result_dtype(tuple(ops.part(a) for a in args))
-        if cd is not None:
-            for i, a in enumerate(arrays):
-                if type(a) is np.ndarray and a.dtype != cd.np:
-                    arrays[i] = a.astype(cd.np)
+    kind = op.kind
+    if kind == "elementwise":
+        arrays, key = [], []
+        for a in args:
+            if isinstance(a, Tensor):
+                v = a._s.v
+                arrays.append(v)
+                key.append(v.dtype if v.ndim else _ZERO_DIM[v.dtype])
+            else:
+                arrays.append(a)
+                key.append(type(a))
+        key = tuple(key)
+        plan = op.plans.get(key)
+        if plan is None:
+            plan = op.plans[key] = _dtype_plan(op, args)
+        casts, od = plan
+        for i, d in casts:
+            arrays[i] = arrays[i].astype(d)
+    else:
+        arrays = []
+        for a in args:
+            arrays.append(a._s.v if isinstance(a, Tensor) else a)
+        od = None
+    if kind == "view":  # views keep the dtype and never warn
+        try:
+            r = op.eager(*arrays, **attrs)
+        except (ValueError, TypeError, IndexError) as e:
+            raise _op_error(op, args, attrs, e) from None
+        return _wrap(r if type(r) is np.ndarray else np.asarray(r))
+    tok = _NP_ERR.set(_NP_QUIET)  # PyTorch returns inf/nan silently; numpy would warn
     try:
         r = op.eager(*arrays, **attrs)
+        if type(r) is not np.ndarray:
+            r = np.asarray(r)
+        rd = r.dtype
+        if od is not None:
+            if rd is not od and rd != od:
+                r = r.astype(od)
+        elif rd not in _NP2FG:
+            r = r.astype(_normalize_np_dtype(rd))
     except (ValueError, TypeError, IndexError) as e:
         raise _op_error(op, args, attrs, e) from None
-    if type(r) is not np.ndarray:
-        r = np.asarray(r)
-    if od is not None and r.dtype != od.np:
-        r = r.astype(od.np)
-    elif r.dtype not in _NP2FG:
-        r = r.astype(_normalize_np_dtype(r.dtype))
+    finally:
+        _NP_ERR.reset(tok)
     return _wrap(r)
 
 
@@ -142,7 +188,36 @@ def _eager_cuda(op, args, attrs):
         raise _op_error(op, args, attrs, e) from None
 
 
-def _op_error(op, args, attrs, e) -> RuntimeError:
+def _wrap(arr: np.ndarray) -> Tensor:
+    """A new tensor with its own Store (the hot path of every op; no __init__ calls)."""
+    s = _new(Store)
+    s.v = arr
+    s.version = 0
+    t = _new(Tensor)
+    t._s = s
+    t.requires_grad = False
+    t._grad = None
+    t.grad_fn = None
+    t._retains = False
+    return t
+
+
+def _dtype_plan(op, args) -> tuple:
+    """(casts, output numpy dtype) of an elementwise op: casts are (position, numpy dtype) of
+    the tensor inputs whose dtype differs from the compute dtype."""
+    cd, od = op.result_dtype(tuple(ops.part(a) for a in args))
+    casts = ()
+    if cd is not None:
+        casts = tuple(
+            (i, cd.np) for i, a in enumerate(args) if isinstance(a, Tensor) and a.dtype is not cd
+        )
+    return casts, (None if od is None else od.np)
+
+
+def _op_error(op, args, attrs, e) -> Exception:
+    """The error of a failed op, naming it, its arguments and the user's line: a RuntimeError
+    as PyTorch raises, or an IndexError for an index out of range (as PyTorch, and Python code
+    that catches IndexError, expect)."""
     msg = str(e)
     try:  # the shape rule words the problem as PyTorch does, identically in traced mode
         op.infer(args, attrs)
@@ -150,30 +225,50 @@ def _op_error(op, args, attrs, e) -> RuntimeError:
         msg = str(rule_error)
     except Exception:
         pass
-    return op_error(op.name, f"{msg}; got ({_describe(args)})")
+    cls = IndexError if isinstance(e, IndexError) else RuntimeError
+    return op_error(op.name, f"{msg}; got ({_describe(args)})", cls)
 
 
-def apply(op, args: tuple, attrs: dict):
+def apply(op, args: tuple, attrs: dict) -> Tensor:
     """Run (eager) or record (traced) one op, and attach its autograd node."""
     tr = TRACER[0]
-    if tr is not None:
+    if tr is None or TRACER.owner != _get_ident():
+        out = _eager(op, args, attrs)
+    else:
         try:
             out = tr.record(op, args, attrs)
         except (ValueError, TypeError, IndexError) as e:
             raise _op_error(op, args, attrs, e) from None
-    else:
-        out = _eager(op, args, attrs)
     if GRAD[0] and op.differentiable:
-        needs = tuple(isinstance(a, Tensor) and a.requires_grad for a in args)
-        if True in needs and out.dtype.is_floating_point:
-            node = Node(op, args, attrs, tuple(_edge(a) for a in args), needs)
-            if op.needs_inputs:
-                node.versions = tuple(a._s.version if isinstance(a, Tensor) else None for a in args)
-            if op.saves_out:
-                node.out = _wrap_store(out._s)
-            out.requires_grad = True
-            out.grad_fn = node
+        for a in args:
+            if isinstance(a, Tensor) and a.requires_grad:
+                if out.dtype.is_floating_point:
+                    _record(op, args, attrs, out)
+                break
     return out
+
+
+def _record(op, args: tuple, attrs: dict, out: Tensor) -> None:
+    """Attach the autograd node of one op application to its output."""
+    needs, edges, versions = [], [], []
+    for a in args:
+        if isinstance(a, Tensor):
+            versions.append(a._s.version)
+            if a.requires_grad:
+                needs.append(True)
+                edges.append(a.grad_fn or a)  # _edge(a), inlined
+                continue
+        else:
+            versions.append(None)
+        needs.append(False)
+        edges.append(None)
+    node = Node(op, args, attrs, tuple(edges), tuple(needs))
+    if op.needs_inputs:
+        node.versions = tuple(versions)
+    if op.saves_out:
+        node.out = _wrap_store(out._s)
+    out.requires_grad = True
+    out.grad_fn = node
 
 
 ops.DISPATCH = apply
@@ -204,20 +299,17 @@ def update(op, args: tuple, attrs: dict) -> None:
 
 
 def _edge(a):
+    """Where a's gradient goes: its producer node, the leaf itself, or nowhere (None)."""
     if not isinstance(a, Tensor) or not a.requires_grad:
         return None
     return a.grad_fn if a.grad_fn is not None else a
 
 
-def _wrap(arr: np.ndarray) -> Tensor:
-    return _wrap_store(Store(arr))
-
-
 def _wrap_store(store: Store) -> Tensor:
-    t = object.__new__(Tensor)
+    t = _new(Tensor)
     t._s = store
     t.requires_grad = False
-    t.grad = None
+    t._grad = None
     t.grad_fn = None
     t._retains = False
     return t
@@ -249,7 +341,7 @@ def _value(t: Tensor) -> np.ndarray:
 
 
 def _scalar_or_tensor(x):
-    if isinstance(x, (Tensor, bool, int, float)):
+    if isinstance(x, _OPERAND):
         return x
     if isinstance(x, (np.ndarray, np.generic, list, tuple)):
         return tensor(x)
@@ -258,14 +350,18 @@ def _scalar_or_tensor(x):
 
 def _normalize_index(idx) -> tuple[tuple, list]:
     """A static, hashable index (slices as tuples, tensors as 'T') plus the index tensors."""
+    if type(idx) is int:
+        return (idx,), []
     if not isinstance(idx, tuple):
         idx = (idx,)
     static, tensors = [], []
     for i in idx:
         if isinstance(i, slice):
             static.append(("s", i.start, i.stop, i.step))
-        elif i is None or i is Ellipsis or isinstance(i, (bool, np.bool_)):
+        elif i is None or i is Ellipsis:
             static.append(i)
+        elif isinstance(i, (bool, np.bool_)):
+            static.append(("b", bool(i)))
         elif isinstance(i, (int, np.integer)):
             static.append(int(i))
         elif isinstance(i, Tensor):
@@ -276,13 +372,39 @@ def _normalize_index(idx) -> tuple[tuple, list]:
             tensors.append(tensor(i))
         else:
             raise IndexError(f"fusegrad: unsupported index {i!r}")
+    if TRACER[0] is not None and any(t.dtype is bool_ for t in tensors):
+        return _mask_to_positions(static, tensors)
     return tuple(static), tensors
+
+
+def _mask_to_positions(static: list, tensors: list) -> tuple[tuple, list]:
+    """Inside a compiled call, x[mask] has a shape that depends on the mask's values: read the
+    mask (a graph break if it is pending) and index with its nonzero positions instead."""
+    out_static, out_tensors, it = [], [], iter(tensors)
+    for i in static:
+        if i != "T":
+            out_static.append(i)
+            continue
+        t = next(it)
+        if t.dtype is not bool_:
+            out_static.append(i)
+            out_tensors.append(t)
+            continue
+        for pos in np.nonzero(_value(t)):
+            out_static.append("T")
+            out_tensors.append(_wrap(pos.astype(np.int64)))
+    return tuple(out_static), out_tensors
+
+
+_T_DIMS = ((), (0,), (1, 0))  # t()'s permutation by rank
 
 
 def _dims(dim, ndim: int):
     """Normalize a reduction's dim argument to a sorted tuple of non-negative ints (or None)."""
     if dim is None:
         return None
+    if type(dim) is int and -ndim <= dim < ndim:  # the common case, checked and normalized
+        return (dim % ndim,)
     if isinstance(dim, (int, np.integer)):
         dim = (dim,)
     out = []
@@ -306,9 +428,9 @@ def _dim(d: int, ndim: int) -> int:
 
 
 def _shape_arg(shape) -> tuple:
-    if len(shape) == 1 and isinstance(shape[0], (tuple, list, Size)):
+    if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
         shape = shape[0]
-    return tuple(int(s) for s in shape)
+    return tuple(map(int, shape))
 
 
 MinMax = namedtuple("MinMax", ["values", "indices"])
@@ -316,7 +438,7 @@ MinMax = namedtuple("MinMax", ["values", "indices"])
 
 # --------------------------------------------------------------------------- Tensor
 class Tensor:
-    __slots__ = ("_s", "requires_grad", "grad", "grad_fn", "_retains", "__weakref__")
+    __slots__ = ("_s", "requires_grad", "_grad", "grad_fn", "_retains", "__weakref__")
     __array_priority__ = 1000
     __array_ufunc__ = None  # numpy defers to our reflected operators
 
@@ -327,7 +449,7 @@ class Tensor:
             arr = np.empty(_shape_arg(data), np.float32)
         self._s = Store(arr)
         self.requires_grad = False
-        self.grad = None
+        self._grad = None
         self.grad_fn = None
         self._retains = False
 
@@ -398,15 +520,45 @@ class Tensor:
     # ---- autograd
     def requires_grad_(self, requires_grad: bool = True) -> Tensor:
         if not self.is_leaf and not requires_grad:
-            raise RuntimeError(
-                "you can only change requires_grad flags of leaf variables. If you want to use a "
-                "computed variable in a subgraph that doesn't require differentiation use "
-                "var_no_grad = var.detach()."
+            raise op_error(
+                "requires_grad_", "you can only change requires_grad flags of leaf variables. If "
+                "you want to use a computed variable in a subgraph that doesn't require "
+                "differentiation use var_no_grad = var.detach().",
             )
         if requires_grad and not self.dtype.is_floating_point:
-            raise RuntimeError("only Tensors of floating point dtype can require gradients")
+            raise op_error(
+                "requires_grad_", "only Tensors of floating point dtype can require gradients, "
+                f"got {self.dtype.name}",
+            )
         self.requires_grad = requires_grad
         return self
+
+    @property
+    def grad(self) -> Tensor | None:
+        return self._grad
+
+    @grad.setter
+    def grad(self, g: Tensor | None) -> None:
+        """Checked like PyTorch's: a gradient has the tensor's shape and dtype."""
+        if g is not None:
+            if not isinstance(g, Tensor):
+                raise TypeError(
+                    f"assigned grad expected to be a Tensor or None but got grad of type "
+                    f"{type(g).__name__} (at {user_line()})"
+                )
+            if g.dtype is not self.dtype:
+                raise RuntimeError(
+                    f"attempting to assign a gradient with dtype '{g.dtype.name}' to a tensor "
+                    f"with dtype '{self.dtype.name}'. The gradient must match the tensor's dtype "
+                    f"(at {user_line()})"
+                )
+            if tuple(g._s.v.shape) != tuple(self._s.v.shape):
+                raise RuntimeError(
+                    f"attempting to assign a gradient of size '{list(g._s.v.shape)}' to a tensor "
+                    f"of size '{list(self._s.v.shape)}'. Please ensure that the gradient and the "
+                    f"tensor are the same size (at {user_line()})"
+                )
+        self._grad = g
 
     def retain_grad(self) -> None:
         if self.grad_fn is None:
@@ -549,9 +701,9 @@ class Tensor:
 
     # ---- elementwise math
     def _bin(self, name, other, reverse=False):
-        other = _scalar_or_tensor(other)
-        args = (other, self) if reverse else (self, other)
-        return apply(ops.REGISTRY[name], args, {})
+        if not isinstance(other, _OPERAND):
+            other = _scalar_or_tensor(other)
+        return apply(_OPS[name], (other, self) if reverse else (self, other), {})
 
     def __add__(self, o):
         return self._bin("add", o)
@@ -624,7 +776,9 @@ class Tensor:
 
     def __invert__(self):
         if self.dtype is not bool_:
-            raise RuntimeError(f"bitwise_not is only supported for bool tensors here, got {self.dtype}")
+            raise op_error(
+                "bitwise_not", f"only bool tensors are supported here, got {self.dtype.name}"
+            )
         return apply(ops.REGISTRY["logical_not"], (self,), {})
 
     def add(self, other, alpha=1):
@@ -679,7 +833,7 @@ class Tensor:
 
     def clamp(self, min=None, max=None):
         if min is None and max is None:
-            raise RuntimeError("torch.clamp: At least one of 'min' or 'max' must not be None")
+            raise op_error("clamp", "At least one of 'min' or 'max' must not be None")
         if max is None:
             return apply(ops.REGISTRY["clamp_min"], (self, _scalar_or_tensor(min)), {})
         if min is None:
@@ -695,8 +849,10 @@ class Tensor:
         return self.clamp(max=max)
 
     def _unary(name):  # noqa: N805  (builds methods below)
+        op = ops.REGISTRY[name]
+
         def method(self):
-            return apply(ops.REGISTRY[name], (self,), {})
+            return apply(op, (self,), {})
 
         method.__name__ = name
         return method
@@ -746,7 +902,7 @@ class Tensor:
             if known == 0 or n % known:
                 raise op_error("reshape", f"shape '{list(shape)}' is invalid for input of size {n}")
             shape = tuple(n // known if s == -1 else s for s in shape)
-        return apply(ops.REGISTRY["reshape"], (self,), {"shape": shape})
+        return apply(_OPS["reshape"], (self,), {"shape": shape})
 
     view = reshape
 
@@ -774,7 +930,8 @@ class Tensor:
         else:
             dims = _dims(dim, len(s)) or ()
             new = tuple(x for i, x in enumerate(s) if not (i in dims and x == 1))
-        return apply(ops.REGISTRY["squeeze"], (self,), {"shape": new})
+            dim = int(dim) if isinstance(dim, (int, np.integer)) else tuple(dims)
+        return apply(_OPS["squeeze"], (self,), {"shape": new, "dim": dim})
 
     def expand(self, *shape):
         shape = _shape_arg(shape)
@@ -806,14 +963,16 @@ class Tensor:
         return apply(ops.REGISTRY["transpose"], (self,), {"dims": tuple(perm)})
 
     def t(self):
-        n = self.dim()
+        n = len(self._s.v.shape)
         if n > 2:
             raise op_error("t", f"t() expects a tensor with <= 2 dimensions, but self is {n}D")
-        return apply(ops.REGISTRY["t"], (self,), {"dims": tuple(range(n))[::-1]})
+        return apply(_OPS["t"], (self,), {"dims": _T_DIMS[n]})
 
     @property
     def T(self):
-        return self.permute(*range(self.dim())[::-1]) if self.dim() > 2 else self.t()
+        n = len(self._s.v.shape)
+        dims = _T_DIMS[n] if n < 3 else tuple(range(n - 1, -1, -1))
+        return apply(_OPS["permute"], (self,), {"dims": dims})
 
     @property
     def mT(self):
@@ -821,7 +980,8 @@ class Tensor:
 
     # ---- reductions
     def _reduce(self, name, dim, keepdim):
-        return apply(ops.REGISTRY[name], (self,), {"dims": _dims(dim, self.dim()), "keepdim": keepdim})
+        dims = None if dim is None else _dims(dim, len(self._s.v.shape))
+        return apply(_OPS[name], (self,), {"dims": dims, "keepdim": keepdim})
 
     def sum(self, dim=None, keepdim=False, dtype=None):
         out = self._reduce("sum", dim, keepdim)
@@ -838,21 +998,23 @@ class Tensor:
 
     def _minmax(self, name, dim, keepdim):
         if isinstance(dim, Tensor):
-            return self.maximum(dim) if name == "amax" else self.minimum(dim)
+            return self.maximum(dim) if name == "max" else self.minimum(dim)
         if dim is None:
             if self.numel() == 0:
-                raise op_error(name[1:], "Expected reduction dim to be specified for input.numel() == 0")
+                raise op_error(name, "Expected reduction dim to be specified for input.numel() == 0")
             return self._reduce(name, None, False)
-        values = self._reduce(name, dim, keepdim)
-        arg = "argmax" if name == "amax" else "argmin"
-        indices = apply(ops.REGISTRY[arg], (self,), {"dim": _dim(dim, self.dim()), "keepdim": keepdim})
+        n = self.dim()
+        d = _dim(dim, builtins.max(n, 1))  # a 0-d tensor takes dim 0 or -1, as in PyTorch
+        values = self._reduce(name, d, keepdim)
+        arg = "argmax" if name == "max" else "argmin"
+        indices = apply(_OPS[arg], (self,), {"dim": d if n else None, "keepdim": keepdim})
         return MinMax(values, indices)
 
     def max(self, dim=None, keepdim=False):
-        return self._minmax("amax", dim, keepdim)
+        return self._minmax("max", dim, keepdim)
 
     def min(self, dim=None, keepdim=False):
-        return self._minmax("amin", dim, keepdim)
+        return self._minmax("min", dim, keepdim)
 
     def argmax(self, dim=None, keepdim=False):
         d = None if dim is None else _dim(dim, self.dim())
@@ -891,36 +1053,44 @@ class Tensor:
     # ---- indexing
     def __getitem__(self, idx):
         index, tensors = _normalize_index(idx)
-        return apply(ops.REGISTRY["getitem"], (self, *tensors), {"index": index})
+        return apply(_OPS["getitem"], (self, *tensors), {"index": index})
 
     def __setitem__(self, idx, value):
         index, tensors = _normalize_index(idx)
         value = _scalar_or_tensor(value)
-        recording = GRAD[0] and (
-            self.requires_grad or (isinstance(value, Tensor) and value.requires_grad)
-        )
-        if recording:
-            self._check_inplace("index_put_")
-            alias = self._alias()
-            r = apply(ops.REGISTRY["index_put"], (alias, value, *tensors), {"index": index})
-            self._rebind(r)
+        if GRAD[0] and (self.requires_grad or (isinstance(value, Tensor) and value.requires_grad)):
+            self._check_inplace("index_put_")  # index_put reads only x's shape: no snapshot
+            r = apply(_OPS["index_put"], (self._alias(), value, *tensors), {"index": index})
+            self._inplace_update(r, "index_put_")
+            self.grad_fn, self.requires_grad = r.grad_fn, True
         elif TRACER[0] is None:
             v = value._s.v if isinstance(value, Tensor) else value
             try:
-                self._s.v[ops._index_arrays(index, [t._s.v for t in tensors])] = v
+                ops.put(self._s.v, index, tuple(t._s.v for t in tensors), v)
             except (ValueError, IndexError, TypeError) as e:
-                raise op_error("index_put_", f"{e}; got ({_describe((self, value))})") from None
+                cls = IndexError if isinstance(e, IndexError) else RuntimeError
+                msg = f"{e}; got ({_describe((self, value))})"
+                raise op_error("index_put_", msg, cls) from None
             self._s.version += 1
         else:
-            r = apply(ops.REGISTRY["index_put"], (self, value, *tensors), {"index": index})
-            self._inplace_update(r)
+            r = apply(_OPS["index_put"], (self, value, *tensors), {"index": index})
+            self._inplace_update(r, "index_put_")
 
     # ---- in-place
     def _check_inplace(self, name: str):
-        if GRAD[0] and self.requires_grad and self.grad_fn is None:
+        if not GRAD[0] or not self.requires_grad:
+            return
+        if self.grad_fn is None:
             raise RuntimeError(
                 "a leaf Variable that requires grad is being used in an in-place operation. "
                 f"(op {name}, at {user_line()})"
+            )
+        fn = self.grad_fn
+        if fn.op.kind == "view" and not (fn.op.name == "getitem" and "T" in fn.attrs["index"]):
+            raise RuntimeError(
+                f"{name}: in-place change of a view ({self.grad_fn.name()}) of a tensor that "
+                f"requires grad is not supported (the gradient of the viewed tensor would miss "
+                f"it); clone() the view first (at {user_line()})"
             )
 
     def _alias(self) -> Tensor:
@@ -928,31 +1098,37 @@ class Tensor:
         t.requires_grad, t.grad_fn = self.requires_grad, self.grad_fn
         return t
 
-    def _rebind(self, r: Tensor):
-        """Autograd-recorded in-place op: self takes the result's value and history."""
-        self._s = r._s
-        self.grad_fn = r.grad_fn
-        self.requires_grad = r.requires_grad
+    def _snapshot(self) -> Tensor:
+        """self's current value in a Store of its own, with self's history: what the backward
+        of an in-place op reads after self's memory has been overwritten."""
+        v = self._s.v
+        t = _wrap(np.array(v, copy=True) if type(v) is np.ndarray else v)
+        t.requires_grad, t.grad_fn = self.requires_grad, self.grad_fn
+        return t
 
-    def _inplace_update(self, r: Tensor):
-        """Write r's value into self's storage (no autograd): aliases see the change."""
+    def _inplace_update(self, r: Tensor, name: str):
+        """Write r's value into self's memory, which aliases (detach(), .data, numpy()) share,
+        and bump the version counter that saved tensors are checked against."""
         s = self._s
         rs = r._s.v.shape
         if tuple(rs) != tuple(s.v.shape):
             raise op_error(
-                "in-place", f"output with shape {list(s.v.shape)} doesn't match the broadcast "
-                f"shape {list(rs)}",
+                name, f"output with shape {list(s.v.shape)} doesn't match the broadcast shape "
+                f"{list(rs)}",
             )
         if r.dtype is not self.dtype:
             if self.dtype.category < r.dtype.category:
                 raise op_error(
-                    "in-place", f"result type {r.dtype.name} can't be cast to the desired output "
+                    name, f"result type {r.dtype.name} can't be cast to the desired output "
                     f"type {self.dtype.name}",
                 )
             r = r.to(self.dtype)
         v, rv = s.v, r._s.v
         if type(v) is np.ndarray and type(rv) is np.ndarray:
-            np.copyto(v, rv)
+            try:
+                np.copyto(v, rv)
+            except ValueError as e:  # e.g. the read-only result of expand()
+                raise op_error(name, f"{e}; got ({_describe((self,))})") from None
         elif type(v) is CudaArray and (type(rv) is CudaArray or type(rv) is np.ndarray):
             v.copy_from(rv)  # on the device; an upload only for copy_ from a CPU tensor
         elif type(v) is np.ndarray and type(rv) is CudaArray:
@@ -961,52 +1137,69 @@ class Tensor:
             TRACER[0].assign(s, r._s)
         s.version += 1
 
-    def _inplace(self, name: str, fn) -> Tensor:
+    def _inplace(self, name: str, fn, *operands) -> Tensor:
+        """self = fn(self) in self's memory. When autograd records it, fn reads a snapshot of
+        self, so the saved values stay intact and later readers of self see the version bump."""
         self._check_inplace(name)
-        if GRAD[0] and self.requires_grad:  # a non-leaf in the graph: record, then rebind
-            r = fn(self._alias())
-            self._rebind(r)
+        recording = GRAD[0] and (
+            self.requires_grad or any(isinstance(o, Tensor) and o.requires_grad for o in operands)
+        )
+        if not recording:
+            self._inplace_update(fn(self), name)
             return self
-        r = fn(self)
-        if GRAD[0] and r.requires_grad:
-            self._rebind(r)
-        else:
-            self._inplace_update(r)
+        src = self._snapshot()
+        r = fn(src)
+        if not r.requires_grad and self.requires_grad:  # e.g. fill_: self's gradient is zero
+            r = r + src * 0
+        self._inplace_update(r, name)
+        self.grad_fn, self.requires_grad = r.grad_fn, r.requires_grad
         return self
 
     def add_(self, other, alpha=1):
-        return self._inplace("add_", lambda s: s.add(other, alpha=alpha))
+        return self._inplace("add_", lambda s: s.add(other, alpha=alpha), other)
 
     def sub_(self, other, alpha=1):
-        return self._inplace("sub_", lambda s: s.sub(other, alpha=alpha))
+        return self._inplace("sub_", lambda s: s.sub(other, alpha=alpha), other)
 
     def mul_(self, other):
-        return self._inplace("mul_", lambda s: s * other)
+        return self._inplace("mul_", lambda s: s * other, other)
 
     def div_(self, other):
-        return self._inplace("div_", lambda s: s / other)
+        return self._inplace("div_", lambda s: s / other, other)
 
     def pow_(self, e):
-        return self._inplace("pow_", lambda s: s.pow(e))
+        return self._inplace("pow_", lambda s: s.pow(e), e)
 
     def clamp_(self, min=None, max=None):
-        return self._inplace("clamp_", lambda s: s.clamp(min, max))
+        return self._inplace("clamp_", lambda s: s.clamp(min, max), min, max)
 
     def relu_(self):
         return self._inplace("relu_", lambda s: s.relu())
 
     def addcmul_(self, t1, t2, value=1):
-        return self._inplace("addcmul_", lambda s: s + (t1 * t2 if value == 1 else t1 * t2 * value))
+        return self._inplace(
+            "addcmul_", lambda s: s + (t1 * t2 if value == 1 else t1 * t2 * value), t1, t2
+        )
 
     def addcdiv_(self, t1, t2, value=1):
-        return self._inplace("addcdiv_", lambda s: s + (t1 / t2 if value == 1 else t1 / t2 * value))
+        return self._inplace(
+            "addcdiv_", lambda s: s + (t1 / t2 if value == 1 else t1 / t2 * value), t1, t2
+        )
+
+    def lerp(self, end, weight):
+        """PyTorch's formula: start + w * (end - start) for w < 0.5, else end - (end - start) *
+        (1 - w); exact at both ends, where the one-sided form loses the small operand."""
+        diff = end - self
+        if isinstance(weight, Tensor):
+            return where(weight < 0.5, self + weight * diff, end - diff * (1 - weight))
+        return self + weight * diff if weight < 0.5 else end - diff * (1 - weight)
 
     def lerp_(self, end, weight):
-        return self._inplace("lerp_", lambda s: s + (end - s) * weight)
+        return self._inplace("lerp_", lambda s: s.lerp(end, weight), end, weight)
 
     def copy_(self, src):
         src = _scalar_or_tensor(src)
-        return self._inplace("copy_", lambda s: _copy_like(src, s))
+        return self._inplace("copy_", lambda s: _copy_like(src, s), src)
 
     def zero_(self):
         return self.fill_(0)
@@ -1077,6 +1270,10 @@ def _copy_like(src, dst: Tensor) -> Tensor:
     return apply(ops.REGISTRY["clone"], (out,), {})
 
 
+_OPERAND = (Tensor, bool, int, float)  # what ops take as is; lists and arrays become tensors
+_OPS = ops.REGISTRY
+
+
 class Parameter(Tensor):
     """A Tensor that a Module registers as a parameter (requires grad by default)."""
 
@@ -1088,7 +1285,7 @@ class Parameter(Tensor):
         t = object.__new__(cls)
         t._s = data._s
         t.requires_grad = requires_grad
-        t.grad = None
+        t._grad = None
         t.grad_fn = None
         t._retains = False
         return t
@@ -1340,14 +1537,14 @@ def randn_like(t: Tensor, dtype=None, requires_grad=False, device=None) -> Tenso
 # --------------------------------------------------------------------------- functions
 def where(condition, input=None, other=None) -> Tensor:
     if input is None and other is None:
-        raise RuntimeError("fusegrad.where(condition) with one argument is not supported")
+        raise op_error("where", "where(condition) with one argument is not supported")
     return apply(ops.REGISTRY["where"], (_scalar_or_tensor(condition), _scalar_or_tensor(input), _scalar_or_tensor(other)), {})
 
 
 def cat(tensors, dim: int = 0) -> Tensor:
     tensors = list(tensors)
     if not tensors:
-        raise RuntimeError("cat(): expected a non-empty list of Tensors")
+        raise op_error("cat", "expected a non-empty list of Tensors")
     d = _dim(dim, tensors[0].dim())
     return apply(ops.REGISTRY["cat"], tuple(tensors), {"dim": d})
 
@@ -1358,7 +1555,7 @@ concat = cat
 def stack(tensors, dim: int = 0) -> Tensor:
     tensors = list(tensors)
     if not tensors:
-        raise RuntimeError("stack expects a non-empty TensorList")
+        raise op_error("stack", "stack expects a non-empty TensorList")
     d = _dim(dim, tensors[0].dim() + 1)
     shapes = {tuple(t.shape) for t in tensors}
     if len(shapes) != 1:
