@@ -445,8 +445,8 @@ def test_unknown_plan_step_kind_is_a_compile_error():
 
 
 def test_loop_kernel_source_is_grid_stride_and_block_reduction():
-    f = fusegrad.compile(lambda x: (x * 2.0 + 1.0, (x * x).sum(0)), backend="cuda")
-    f(fusegrad.ones(3, 2, device="cuda"))
+    f = fusegrad.compile(lambda x, y: (x * 2.0 + 1.0, (y * y).sum(0)), backend="cuda")
+    f(fusegrad.ones(3, 2, device="cuda"), fusegrad.ones(4, 2, device="cuda"))  # two loops
     srcs = [src for _, _, src in next(iter(f.graphs.values())).sources]
     assert any("cuda.grid(1)" in s and "cuda.gridsize(1)" in s for s in srcs)
     red = [s for s in srcs if "cuda.shared.array" in s]

@@ -8,7 +8,9 @@ gather). The rules:
 - Linear is split into a BLAS matmul (x @ w.T) and a bias add, so the add and whatever
   activation follows run in the next fused loop (the matmul's "epilogue").
 - An elementwise op joins the loop of one of its producers when it has the loop's shape and all
-  its other inputs are ready before that loop starts; otherwise it opens a new loop.
+  its other inputs are ready before that loop starts. One with no producer loop (it reads only
+  inputs, scalars and earlier extern results) joins the latest loop of its shape. Otherwise it
+  opens a new loop.
 - A reduction joins the loop that computes its input (MSE's (pred - y)**2 then sum is one
   pass); all reductions in one loop reduce over the same dims. A value reduced in a loop cannot
   be consumed in that same loop (layer norm's x - mean is a second pass).
@@ -19,12 +21,14 @@ Every boundary records why it exists, for ``FUSEGRAD_DEBUG=2`` and ``explain()``
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from . import ops
 from .trace import Graph, Node
 
 LOOP_REDUCTIONS = {"sum", "mean", "max", "min", "all", "any"}
+SCALAR_VIEWS = {"reshape", "unsqueeze", "squeeze"}
 
 
 @dataclass
@@ -99,6 +103,25 @@ def _split_linear(nodes: list) -> list:
     return out
 
 
+def _skip_scalar_views(nodes: list, keep: set) -> list:
+    """Elementwise ops read a one-element value directly instead of its reshape (broadcasting
+    gives the same values at any rank). The seed's `loss.backward()` reshapes the scalar
+    gradient before it is expanded; as an extern step, that reshape kept the whole backward
+    out of the forward's loop."""
+    source, out = {}, []
+    for n in nodes:
+        if n.op not in ("input", "scalar"):
+            if n.op.name in SCALAR_VIEWS and math.prod(n.ins[0].shape) == 1 and n.id not in keep:
+                source[n.id] = source.get(n.ins[0].id, n.ins[0])
+            if n.op.kind == "elementwise" and any(i.id in source for i in n.ins):
+                shadow = n.shadow
+                ins = tuple(source.get(i.id, i) for i in n.ins)
+                n = Node(n.op, ins, n.attrs, n.shape, n.dtype, n.id, n.site)
+                n.shadow = shadow
+        out.append(n)
+    return out
+
+
 def _live(nodes: list, roots: set) -> list:
     """The nodes some root depends on, in program order."""
     need = set(roots)
@@ -111,7 +134,7 @@ def _live(nodes: list, roots: set) -> list:
 def plan(graph: Graph) -> Plan:
     roots = set(graph.outputs) | {v for _, v in graph.mutations} | {d for d, _ in graph.mutations}
     roots |= {n.id for n in graph.nodes if n.op not in ("input", "scalar") and n.op.kind == "update"}
-    nodes = _live(_split_linear(graph.nodes), roots)
+    nodes = _live(_skip_scalar_views(_split_linear(graph.nodes), roots), roots)
     steps: list[Step] = []
     step_of: dict[int, Step] = {}
     reduced: set[int] = set()
@@ -150,6 +173,9 @@ def plan(graph: Graph) -> Plan:
                     why = "not fused: an input is computed after that loop (or reduced in it)"
                 elif target is None or s.index > target.index:
                     target = s
+            if target is None and not why:  # no producer loop: join the latest loop of its shape
+                target = next((s for s in reversed(steps) if s.kind == "loop" and s.shape == n.shape
+                               and ready(n, s)), None)
             if target is None:
                 target = new_step("loop", n.shape, why or "starts at an extern result or input")
         elif kind == "reduce" and n.op.lower in LOOP_REDUCTIONS:
