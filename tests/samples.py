@@ -337,6 +337,18 @@ def s_erf(g):
     return _unary(g, "erf", g.n, int_too=False)
 
 
+def _gelu_backward_call(x):
+    L = lib(x)
+    leaf = x if x.requires_grad else x.detach().requires_grad_()
+    return L.autograd.grad(L.nn.functional.gelu(leaf).sum(), leaf, create_graph=x.requires_grad)[0]
+
+
+@sampler
+def s_gelu_backward(g):
+    # No public call of its own: gelu's backward (create_graph keeps it differentiable).
+    return [S((g.n(3, 4) * 2,), {}, _gelu_backward_call), S((g.n(),), {}, _gelu_backward_call)]
+
+
 @sampler
 def s_gelu(g):
     return [

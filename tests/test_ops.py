@@ -127,6 +127,8 @@ REF = {
     "sign": np.sign,
     "erf": _np_erf,
     "gelu": lambda a: 0.5 * a * (1.0 + _np_erf(a / math.sqrt(2.0))),
+    "gelu_backward": lambda a: 0.5 * (1.0 + _np_erf(a / math.sqrt(2.0)))
+    + a * np.exp(-0.5 * a * a) / math.sqrt(2.0 * math.pi),
     "logical_not": np.logical_not,
     "eq": np.equal,
     "ne": np.not_equal,
@@ -223,7 +225,8 @@ _BOOL_OUT = {
     "all",
     "any",
 }
-_FLOAT_OUT = {"div", "exp", "log", "sqrt", "rsqrt", "sin", "cos", "tanh", "sigmoid", "erf", "gelu"}
+_FLOAT_OUT = {"div", "exp", "log", "sqrt", "rsqrt", "sin", "cos", "tanh", "sigmoid", "erf", "gelu",
+              "gelu_backward"}
 _SAME = {
     "neg",
     "relu",
@@ -416,7 +419,7 @@ def test_requires_grad_flows_only_through_differentiable_ops(name, i):
         assert not out.is_leaf
     elif name != "mm_t":  # not differentiable, or an integer/bool result (as in PyTorch)
         assert not out.requires_grad and out.grad_fn is None
-    if name != "index_grad":  # its sample differentiates inside, which needs grad mode
+    if name not in ("index_grad", "gelu_backward"):  # their samples differentiate inside
         with fusegrad.no_grad():
             assert not s.call(*xs).requires_grad
 

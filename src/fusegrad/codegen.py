@@ -21,8 +21,8 @@ from .fuse import Plan, Step
 
 PARALLEL_MIN = 1 << 18  # loops with fewer elements run on one core (thread wake-up costs more)
 CHUNK = 1024  # a reduction's innermost loop runs in chunks of this many elements
-_FN = re.compile(r"\b(exp|log|tanh|sigmoid|erf|gelu|sqrt|sin|cos|sign)\(")
-_MATH = re.compile(r"\b(exp|log|tanh|sigmoid|erf|gelu|sin|cos)_f(32|64)\(")  # calls in rendered code
+_FN = re.compile(r"\b(exp|log|tanh|sigmoid|erf|gelu|gelu_grad|sqrt|sin|cos|sign)\(")
+_MATH = re.compile(r"\b(exp|log|tanh|sigmoid|erf|gelu|gelu_grad|sin|cos)_f(32|64)\(")  # calls in rendered code
 _CAST = {"float32": "np.float32", "float64": "np.float64", "int64": "np.int64", "int32": "np.int32", "bool": "bool"}
 
 
@@ -88,9 +88,13 @@ def kernel_source(step: Step) -> tuple[str, str]:
     oname = {n.id: f"o{k}" for k, n in enumerate(outs)}
 
     numel = math.prod(loop)
-    # A reduction over every dim runs serially: Numba's parfor reduction variables kept the
-    # loop from vectorizing (measured 4.9 ms vs 1.3 ms on 1M elements, one thread).
-    parallel = numel >= PARALLEL_MIN and (not step.reductions or (suffix and kept > 0))
+    # Numba's parfor reduction variables keep a loop from vectorizing (measured 4.9 ms vs
+    # 1.3 ms on 1M elements, one thread), so a reduction over every dim of a large loop of rank
+    # >= 2 reduces each row in parallel into a partials array (like a row reduction), and adds
+    # the partials up serially; over one dim it runs serially.
+    rows = bool(step.reductions) and suffix and kept == 0 and r >= 2 and numel >= PARALLEL_MIN
+    outer = 1 if rows else kept  # loop dims outside the reduction accumulators
+    parallel = numel >= PARALLEL_MIN and (not step.reductions or (suffix and outer > 0))
 
     body = []
     # loads of inputs, then the op chain, in the innermost loop
@@ -110,7 +114,7 @@ def kernel_source(step: Step) -> tuple[str, str]:
     # chunk buffer (that loop vectorizes) and adding the buffer up after it; a light loop is
     # unrolled four times into four partial sums.
     heavy = any(_MATH.search(line) for line in inner)
-    acc_init, acc_fin, acc_add, acc_chunk = [], [], [], []
+    acc_init, acc_fin, acc_add, acc_chunk, rows_init, rows_fin = [], [], [], [], [], []
     for k, n in enumerate(step.reductions):
         src = name[n.ins[0].id]
         kind = n.op.lower
@@ -131,11 +135,18 @@ def kernel_source(step: Step) -> tuple[str, str]:
             if heavy:
                 inner.append(f"w{k}[j] = {src}")
                 acc_chunk.append(f"w{k} = np.empty({CHUNK}, np.{n.ins[0].dtype.np.name})")
+            if rows:  # this row's result; the partials are combined after the loop
+                pd = wide if split else ("np.bool_" if kind in ("all", "any") else f"np.{n.ins[0].dtype.np.name}")
+                acc_fin.append(f"parts{k}[i0] = {total}")
+                init, nxt = _acc(kind, n.ins[0].dtype, f"acc{k}", f"parts{k}[i0]")
+                rows_init.append(f"parts{k} = np.empty(n0, {pd})")
+                rows_fin += [f"acc{k} = {init}", "for i0 in range(n0):", f"    acc{k} = {nxt}"]
+                total = f"acc{k}"
             fin = total
             if kind == "mean":
                 count = " * ".join(f"n{d}" for d in R)
                 fin = f"{total} / ({count})"
-            acc_fin.append(f"{oname[n.id]}[{out_idx}] = {_CAST[n.dtype.name]}({fin})")
+            (rows_fin if rows else acc_fin).append(f"{oname[n.id]}[{out_idx}] = {_CAST[n.dtype.name]}({fin})")
         else:  # accumulate in the (pre-filled) output; the driver divides for mean
             o = f"{oname[n.id]}[{out_idx}]"
             _, nxt = _acc(kind, n.ins[0].dtype, o, src)
@@ -148,11 +159,12 @@ def kernel_source(step: Step) -> tuple[str, str]:
     indent = "    "
     level = 1
     if suffix and step.reductions:
-        for d in range(kept):
+        body += [indent + line for line in rows_init]
+        for d in range(outer):
             body.append(indent * level + loop_line(d, parallel and d == 0))
             level += 1
         body += [indent * level + line for line in acc_init]
-        for d in range(kept, r - 1):
+        for d in range(outer, r - 1):
             body.append(indent * level + loop_line(d, False))
             level += 1
         last, ii = f"n{r - 1}", f"i{r - 1}"
@@ -180,8 +192,9 @@ def kernel_source(step: Step) -> tuple[str, str]:
             body.append(indent * level + f"for {ii} in range({last} - {last} % 4, {last}):")
             body += [indent * (level + 1) + line for line in inner]
             body += [indent * (level + 1) + add(0) for add in acc_add]
-        level = 1 + kept
+        level = 1 + outer
         body += [indent * level + line for line in acc_fin]
+        body += [indent + line for line in rows_fin]
     else:
         for d in range(r):
             body.append(indent * level + loop_line(d, parallel and d == 0 and not step.reductions))

@@ -11,7 +11,9 @@ import math
 import numpy as np
 from numba import njit
 
-from .fastmath import erf_f32, exp_f32, gelu_f32, log_f32, sigmoid_f32, tanh_f32  # noqa: F401
+from .fastmath import (  # noqa: F401
+    erf_f32, exp_f32, gelu_f32, gelu_grad_f32, log_f32, sigmoid_f32, tanh_f32,
+)
 
 _inline = njit(inline="always", cache=True)
 
@@ -64,6 +66,13 @@ def erf_f64(x):
 @_inline
 def gelu_f64(x):
     return 0.5 * x * (1.0 + math.erf(x * 0.7071067811865476))
+
+
+@_inline
+def gelu_grad_f64(x):
+    return 0.5 * (1.0 + math.erf(x * 0.7071067811865476)) + x * (
+        math.exp(x * x * -0.5) * 0.3989422804014327
+    )
 
 
 @_inline

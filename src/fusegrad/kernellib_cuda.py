@@ -111,6 +111,18 @@ def gelu_f64(x):
 
 
 @_dev
+def gelu_grad_f64(x):
+    return 0.5 * (1.0 + math.erf(x * 0.7071067811865476)) + x * (
+        math.exp(x * x * -0.5) * 0.3989422804014327
+    )
+
+
+@_dev
+def gelu_grad_f32(x):
+    return np.float32(gelu_grad_f64(x))
+
+
+@_dev
 def _sqrt(x):
     return math.sqrt(x) if x >= 0 else _NAN
 

@@ -371,14 +371,31 @@ _ufunc_unary(
 )
 
 
-def _gelu_vjp(n, g):
-    x = n.args[0]
-    cdf = ((x * SQRT1_2).erf() + 1.0) * 0.5
-    pdf = (x * x * -0.5).exp() * INV_SQRT_2PI
-    return (g * (cdf + x * pdf),)
+def _gelu_grad(x):
+    """d gelu / dx = Phi(x) + x * phi(x)."""
+    t = x.dtype.type
+    return 0.5 * (1.0 + _erf(x * t(SQRT1_2))) + x * (np.exp(x * x * t(-0.5)) * t(INV_SQRT_2PI))
 
 
-_ufunc_unary("gelu", "GeluBackward0", _gelu, "gelu({0})", _gelu_vjp)
+_ufunc_unary("gelu", "GeluBackward0", _gelu, "gelu({0})", lambda n, g: (call("gelu_backward", g, n.args[0]),))
+
+
+@defop
+class GeluBackward(Elementwise):
+    """g * gelu'(x), GELU's backward as ONE op (as ATen's gelu_backward): in a kernel it is one
+    fused call, not erf + exp and ten multiplies."""
+
+    name, grad_fn, lower, rule = "gelu_backward", "GeluBackwardBackward0", "({0} * gelu_grad({1}))", "float"
+
+    @staticmethod
+    def eager(g, x):
+        return g * _gelu_grad(x)
+
+    def vjp(n, gg):
+        g, x = n.args  # d/dx (Phi + x phi) = phi * (2 - x^2)
+        gg_g = call("gelu_backward", gg, x) if n.needs[0] else None
+        gg_x = gg * g * ((x * x * -0.5).exp() * INV_SQRT_2PI * (2.0 - x * x)) if n.needs[1] else None
+        return gg_g, gg_x
 
 
 @defop
