@@ -23,6 +23,9 @@ Kernel source, like the CPU renderer's, depends only on ops, dtypes, rank and br
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+
+import numpy as np
 
 from . import codegen, ops
 from .errors import CompileError
@@ -38,6 +41,8 @@ _NUMBA_TYPE = {
 VIEW_RESHAPES = ("reshape", "unsqueeze", "squeeze")
 PERMUTES = ("permute", "transpose", "t")
 MATMULS = ("mm_t", "matmul")
+INDEXING = ("getitem", "index_grad", "index_put")
+ARGREDUCE = ("argmax", "argmin")
 
 
 def _sizes():
@@ -266,6 +271,255 @@ def permute_source(dims: tuple) -> tuple[str, str]:
     return f"# permute {dims}\n", "\n".join(lines) + "\n"
 
 
+# --------------------------------------------------------------------------- indexing
+@dataclass(frozen=True)
+class IndexSpec:
+    """x[index] as address arithmetic on the flat (contiguous) x, found once per plan.
+
+    Output element (i0, ..., ir) reads flat x at ``offset + sum(i_d * strides[d])`` plus, for
+    each index array j, ``wrap(a_j[b]) * arrays[j][1]``, where b are the output dims ``bdims``
+    (the broadcast shape of the index arrays) and wrap adds ``arrays[j][2]`` to a negative
+    index. ``strides`` is 0 on ``bdims``. ``arrays[j]`` is (shape padded to len(bdims), stride,
+    dim size)."""
+
+    out_shape: tuple
+    offset: int
+    strides: tuple
+    bdims: tuple
+    arrays: tuple
+
+    def key(self) -> tuple:
+        """What the kernel source depends on (sizes and strides are arguments)."""
+        pattern = tuple(tuple(x == 1 for x in a[0]) for a in self.arrays)
+        return len(self.out_shape), self.bdims, pattern
+
+
+def _strided_dummy(shape: tuple):
+    """A C-contiguous int8 'array' of `shape` over one byte: numpy's basic indexing on it gives
+    the offset and strides of x[index] in elements, without touching (or allocating) memory."""
+    base = np.zeros(1, np.int8)
+    strides, acc = [], 1
+    for x in reversed(shape):
+        strides.append(acc)
+        acc *= x
+    return base, np.lib.stride_tricks.as_strided(base, tuple(shape), tuple(reversed(strides)))
+
+
+def _basic(view, index: tuple):
+    r = view[index]
+    return r if isinstance(r, np.ndarray) else view[index + (Ellipsis,)]
+
+
+def _array_dims(last: tuple, ndim: int) -> list:
+    """Where each index array of `last` (no ints, no bools) sits among the dims of
+    view[last with arrays as full slices]."""
+    consumed = sum(1 for i in last if i is not None and i is not Ellipsis)
+    pos, d = [], 0
+    for i in last:
+        if i is Ellipsis:
+            d += ndim - consumed
+        elif isinstance(i, np.ndarray):
+            pos.append(d)
+            d += 1
+        else:
+            d += 1
+    return pos
+
+
+def index_spec(x_shape: tuple, index: tuple, idx_shapes: list, want: tuple) -> IndexSpec | None:
+    """The IndexSpec of x[index] (PyTorch's order, as ops._index_steps applies it), or None
+    when the index has bool parts (masks run on the host) or the result is not `want`."""
+    if any(type(i) is tuple and i[0] == "b" for i in index):
+        return None
+    base, dummy = _strided_dummy(tuple(x_shape))
+    arrays = tuple(np.broadcast_to(np.zeros((), np.int64), s) for s in idx_shapes)
+    view, last = ops._index_steps(dummy, index, arrays)
+    if not arrays:
+        v2, pos, bshape = _basic(view, last), [], ()
+    else:
+        v2 = _basic(view, tuple(slice(None) if isinstance(i, np.ndarray) else i for i in last))
+        pos = _array_dims(last, view.ndim)
+        bshape = tuple(np.broadcast_shapes(*idx_shapes))
+    off = v2.__array_interface__["data"][0] - base.__array_interface__["data"][0]
+    rest = [d for d in range(v2.ndim) if d not in pos]
+    adjacent = pos == list(range(pos[0], pos[0] + len(pos))) if pos else True
+    lead = [d for d in rest if d < pos[0]] if pos and adjacent else []
+    tail = [d for d in rest if d not in lead]
+    dims = [(v2.shape[d], v2.strides[d]) for d in lead] + [(b, 0) for b in bshape]
+    dims += [(v2.shape[d], v2.strides[d]) for d in tail]
+    out_shape = tuple(x for x, _ in dims)
+    if out_shape != tuple(want):
+        return None
+    nb = len(bshape)
+    padded = [(1,) * (nb - len(s)) + tuple(s) for s in idx_shapes]
+    arr = tuple((p, v2.strides[d], v2.shape[d]) for p, d in zip(padded, pos, strict=True))
+    bdims = tuple(range(len(lead), len(lead) + nb))
+    return IndexSpec(out_shape, off, tuple(s for _, s in dims), bdims, arr)
+
+
+def contiguous_view(spec: IndexSpec) -> bool:
+    """Whether x[index] is one contiguous run of x (then it is a device view, not a copy)."""
+    if spec.arrays:
+        return False
+    acc = 1
+    for x, st in reversed(list(zip(spec.out_shape, spec.strides, strict=True))):
+        if x != 1 and st != acc:
+            return False
+        acc *= x
+    return True
+
+
+def index_source(spec: IndexSpec, mode: str, cast: str = "") -> tuple[str, str]:
+    """A kernel over the elements of x[index], one thread each (grid-stride): ``gather``
+    (o[i] = x[p], getitem), ``add`` (atomic o[p] += g[i], index_grad: repeated indices
+    accumulate) or ``put`` (o[p] = v[i], index_put; v is ``vs``, a scalar, when the
+    ``cast`` template has no index). Arrays are flat except the index arrays and put's v."""
+    r = len(spec.out_shape)
+    dims = list(range(r))
+    params = [f"n{d}" for d in dims] + [f"s{d}" for d in dims] + ["off", "x", "o"]
+    for j in range(len(spec.arrays)):
+        params += [f"a{j}", f"t{j}", f"m{j}"]
+    if mode == "put":
+        params.append("v")
+    lines = ["@cuda.jit(cache=True)", f"def KNAME({', '.join(params)}):"]
+    lines.append(f"    for i in range(cuda.grid(1), {_prod(dims)}, cuda.gridsize(1)):")
+    ind = "        "
+    lines += _unravel(dims, "i", ind)
+    terms = ["off"] + [f"i{d} * s{d}" for d in dims if d not in spec.bdims]
+    lines.append(f"{ind}p = {' + '.join(terms)}")
+    for j, (shape, _, _) in enumerate(spec.arrays):
+        idx = [("0" if x == 1 else f"i{b}") for x, b in zip(shape, spec.bdims, strict=True)]
+        lines.append(f"{ind}q = a{j}[{', '.join(idx or ['0'])},]")
+        lines.append(f"{ind}p += (q + m{j} if q < 0 else q) * t{j}")
+    if mode == "gather":
+        lines.append(f"{ind}o[i] = x[p]")
+    elif mode == "add":
+        lines.append(f"{ind}cuda.atomic.add(o, p, x[i])")
+    else:
+        lines.append(f"{ind}o[p] = {cast}")
+    head = f"# index {mode}: rank {r}, index dims {spec.bdims}, {len(spec.arrays)} index arrays\n"
+    return head, "\n".join(lines) + "\n"
+
+
+def put_value(v, out_shape: tuple, dtype) -> tuple[str, tuple | None]:
+    """index_put's value read inside the kernel: a cast of the scalar, or of v broadcast to
+    the indexed shape (v passed reshaped to the padded shape that returns)."""
+    c = codegen._CAST[dtype.name]
+    if v.op == "scalar":
+        return f"{c}(v)", None
+    r = len(out_shape)
+    if r == 0:
+        return f"{c}(v[0])", (1,)
+    p = codegen.padded(v.shape, r)
+    return f"{c}(v[{codegen._index(p, tuple(out_shape))}])", p
+
+
+def cat_source(dtype) -> tuple[str, str]:
+    """Copy one input into its slab of cat's output, seen as (outer, dim, inner) blocks."""
+    c = codegen._CAST[dtype.name]
+    lines = [
+        "@cuda.jit(cache=True)",
+        "def KNAME(n0, n1, n2, a, o, start):",
+        "    for i in range(cuda.grid(1), n0 * n1 * n2, cuda.gridsize(1)):",
+        *_unravel([0, 1, 2], "i", "        "),
+        f"        o[i0, start + i1, i2] = {c}(a[i0, i1, i2])",
+    ]
+    return f"# cat into {dtype.name}\n", "\n".join(lines) + "\n"
+
+
+def argreduce_source(kind: str, dtype) -> tuple[str, str]:
+    """argmax/argmin over the middle dim of x seen as (outer, dim, inner): one block per kept
+    element, threads stride over the dim keeping (best value, first index), then a shared-memory
+    tree that keeps the lower index on ties (PyTorch's rule; NaN counts as the extreme)."""
+    K = _sizes()
+    T = K.RED_THREADS
+    wide, sh = ("np.float64", "numba.float64") if dtype.is_floating_point else ("np.int64", "numba.int64")
+    better = f"arg_better_{kind}"
+    lines = [
+        "@cuda.jit(cache=True)",
+        "def KNAME(n0, n1, n2, a, o):",
+        f"    shv = cuda.shared.array({T}, {sh})",
+        f"    shi = cuda.shared.array({T}, numba.int64)",
+        "    tid = cuda.threadIdx.x",
+        "    for k in range(cuda.blockIdx.x, n0 * n2, cuda.gridDim.x):",
+        "        i0 = k // n2",
+        "        i2 = k % n2",
+        f"        bv = {wide}(0)",
+        "        bi = -1",
+        f"        for j in range(tid, n1, {T}):",
+        f"            w = {wide}(a[i0, j, i2])",
+        f"            if {better}(bv, bi, w, j):",
+        "                bv = w",
+        "                bi = j",
+        "        shv[tid] = bv",
+        "        shi[tid] = bi",
+        "        cuda.syncthreads()",
+        f"        s = {T // 2}",
+        "        while s > 0:",
+        f"            if tid < s and {better}(shv[tid], shi[tid], shv[tid + s], shi[tid + s]):",
+        "                shv[tid] = shv[tid + s]",
+        "                shi[tid] = shi[tid + s]",
+        "            cuda.syncthreads()",
+        "            s //= 2",
+        "        if tid == 0:",
+        "            o[i0, i2] = shi[0]",
+        "        cuda.syncthreads()",
+    ]
+    return f"# {kind} index ({dtype.name})\n", "\n".join(lines) + "\n"
+
+
+def three_blocks(shape: tuple, dim: int | None) -> tuple[int, int, int]:
+    """shape seen as (outer, shape[dim], inner); dim None flattens everything into the middle."""
+    if dim is None:
+        return 1, math.prod(shape), 1
+    return math.prod(shape[:dim]), shape[dim], math.prod(shape[dim + 1 :])
+
+
+def node_index_spec(n) -> IndexSpec | None:
+    """The IndexSpec of an indexing node (getitem, index_grad, index_put), or None (host)."""
+    name = n.op.name
+    if name == "getitem":
+        base, idx, want = n.ins[0].shape, n.ins[1:], n.shape
+    elif name == "index_grad":
+        base, idx, want = n.attrs["shape"], n.ins[1:], n.ins[0].shape
+    else:
+        base, idx, want = n.shape, n.ins[2:], None
+    if any(i.dtype is None or i.dtype.name == "bool" for i in idx):
+        return None
+    if want is None:  # index_put: x[index]'s shape is what op.infer of getitem says
+        want = ops.REGISTRY["getitem"].infer((n.ins[0],) + tuple(idx), {"index": n.attrs["index"]})[0]
+    try:
+        return index_spec(tuple(base), n.attrs["index"], [tuple(i.shape) for i in idx], want)
+    except (IndexError, ValueError, TypeError):
+        return None
+
+
+def extern_source(n) -> tuple[str, str] | None:
+    """The kernel of an extern node, or None: no kernel (views, the host round trips)."""
+    name = n.op.name
+    if name in MATMULS:
+        views = matmul_views(n)
+        return matmul_source(n.dtype, views[3]) if views is not None else None
+    if name in PERMUTES:
+        return permute_source(tuple(n.attrs["dims"]))
+    if name in INDEXING:
+        spec = node_index_spec(n)
+        if spec is None or (name == "getitem" and contiguous_view(spec)):
+            return None
+        if name == "getitem":
+            return index_source(spec, "gather")
+        if name == "index_grad":
+            ok = n.dtype.name in ("float32", "float64", "int32", "int64")
+            return index_source(spec, "add") if ok else None
+        cast, _ = put_value(n.ins[1], spec.out_shape, n.dtype)
+        return index_source(spec, "put", cast)
+    if name == "cat":
+        return cat_source(n.dtype)
+    if name in ARGREDUCE:
+        return argreduce_source(name[3:], n.ins[0].dtype)
+    return None
+
+
 # --------------------------------------------------------------------------- driver
 def matmul_views(n) -> tuple | None:
     """How a matmul node runs as a batched 3-D kernel: (a shape, b shape, out shape, transpose_b,
@@ -302,7 +556,7 @@ def driver_source(plan: Plan, kernels: dict, layout: dict) -> tuple[str, dict]:
     from . import device_array as device
     from . import kernellib_cuda as K
 
-    env: dict = {"W": device.CudaArray, "E": _alloc, "C": _copy, "U": _unwrap}
+    env: dict = {"W": device.CudaArray, "E": _alloc, "C": _copy, "U": _unwrap, "D": _on_device}
     lines = ["def run(A, S, B):"]
     leaving = set(plan.outputs)
     for n in plan.nodes:
@@ -390,10 +644,21 @@ def driver_source(plan: Plan, kernels: dict, layout: dict) -> tuple[str, dict]:
                     sizes = ", ".join(str(x) for x in n.shape)
                     launch = f"{kernels[s.index]}[{blocks}, {threads}]"
                     lines.append(f"    {launch}({sizes}, {ins[0]}, v{n.id})  # {name}")
+            elif name in INDEXING and (s.index in kernels or name == "getitem"):
+                spec = node_index_spec(n)
+                if spec is not None:
+                    copy = n.id in leaving
+                    lines += _index_lines(n, spec, kernels.get(s.index), buf(n), copy)
+                else:
+                    lines += _host_lines(n, s.index, env)
+            elif name == "cat" and s.index in kernels:
+                lines.append(f"    v{n.id} = {buf(n)}")
+                lines += _cat_lines(n, kernels[s.index])
+            elif name in ARGREDUCE and s.index in kernels:
+                lines.append(f"    v{n.id} = {buf(n)}")
+                lines += _argreduce_lines(n, kernels[s.index])
             else:
-                fname = f"X{s.index}"
-                env[fname] = host_extern(n.op, n.attrs, n.dtype)
-                lines.append(f"    v{n.id} = {fname}({', '.join(ins)})  # {name}: host round trip")
+                lines += _host_lines(n, s.index, env)
         else:
             raise CompileError(
                 f"the CUDA renderer does not know plan step kind {s.kind!r} (step {s.index}: "
@@ -403,6 +668,92 @@ def driver_source(plan: Plan, kernels: dict, layout: dict) -> tuple[str, dict]:
         lines.append(f"    v{dst}.copy_to_device(v{src})")
     lines.append(f"    return [{', '.join(f'W(v{i})' for i in plan.outputs)}]")
     return "\n".join(lines) + "\n", env
+
+
+def _host_lines(n, index: int, env: dict) -> list:
+    """An extern op with no device kernel: a call of its numpy kernel on host copies."""
+    fname = f"X{index}"
+    env[fname] = host_extern(n.op, n.attrs, n.dtype)
+    ins = ", ".join(f"v{i.id}" for i in n.ins)
+    return [f"    v{n.id} = {fname}({ins})  # {n.op.name}: host round trip"]
+
+
+def _launch(kernel: str, numel: int) -> str:
+    from . import kernellib_cuda as K
+
+    blocks, threads = K.launch_1d(numel)
+    return f"{kernel}[{blocks}, {threads}]"
+
+
+def _flat(v: str, shape: tuple) -> str:
+    return f"{v}.reshape({max(math.prod(shape), 1)})"
+
+
+def _index_lines(n, spec: IndexSpec, kernel: str | None, buf: str, copy: bool) -> list:
+    """Driver lines of getitem / index_grad / index_put on the device (see index_source)."""
+    name, out = n.op.name, f"v{n.id}"
+    numel = math.prod(spec.out_shape)
+    if kernel is None:  # getitem of one contiguous run: a device view
+        x = n.ins[0]
+        v = f"{_flat(f'v{x.id}', x.shape)}[{spec.offset}:{spec.offset + numel}]"
+        v = f"{v}.reshape({tuple(n.shape)!r})"
+        return [f"    {out} = {f'C({v})' if copy else v}  # {name}: view"]
+    lines = [f"    {out} = {buf}"]
+    first = {"getitem": 1, "index_grad": 1, "index_put": 2}[name]
+    args = [str(x) for x in spec.out_shape] + [str(x) for x in spec.strides] + [str(spec.offset)]
+    if name == "getitem":
+        args += [_flat(f"v{n.ins[0].id}", n.ins[0].shape), _flat(out, n.shape)]
+    elif name == "index_grad":
+        lines.append(f"    W({out}).fill(0)")
+        args += [_flat(f"v{n.ins[0].id}", n.ins[0].shape), _flat(out, n.shape)]
+    else:
+        lines.append(f"    {out}.copy_to_device(v{n.ins[0].id})")
+        args += [_flat(out, n.shape)] * 2
+    for i, (shape, stride, size) in zip(n.ins[first:], spec.arrays, strict=True):
+        args += [f"D(v{i.id}).reshape({shape or (1,)!r})", str(stride), str(size)]
+    if name == "index_put":
+        v = n.ins[1]
+        _, pad = put_value(v, spec.out_shape, n.dtype)
+        args.append(f"v{v.id}" if pad is None else f"D(v{v.id}).reshape({pad!r})")
+    if numel:
+        lines.append(f"    {_launch(kernel, numel)}({', '.join(args)})  # {name}")
+    return lines
+
+
+def _cat_lines(n, kernel: str) -> list:
+    """One copy launch per input into its slab of the preallocated output."""
+    dim, lines, start = n.attrs["dim"], [], 0
+    total = n.shape[dim]
+    for x in n.ins:
+        a, m, c = three_blocks(tuple(x.shape), dim)
+        o = f"v{n.id}.reshape({(a, total, c)!r})"
+        if a * m * c:
+            src = f"v{x.id}.reshape({(a, m, c)!r})"
+            lines.append(f"    {_launch(kernel, a * m * c)}({a}, {m}, {c}, {src}, {o}, {start})  # cat")
+        start += m
+    return lines
+
+
+def _argreduce_lines(n, kernel: str) -> list:
+    from . import kernellib_cuda as K
+
+    x = n.ins[0]
+    dim = n.attrs["dim"]
+    dim = None if dim is None else dim % max(len(x.shape), 1)
+    a, m, c = three_blocks(tuple(x.shape), dim) if x.shape else (1, 1, 1)
+    if not a * c:
+        return []
+    grid = (min(a * c, K.MAX_BLOCKS), K.RED_THREADS)
+    src = f"v{x.id}.reshape({(a, m, c)!r})"
+    return [f"    {kernel}[{grid[0]}, {grid[1]}]({a}, {m}, {c}, {src}, v{n.id}.reshape({(a, c)!r}))  # {n.op.name}"]
+
+
+def _on_device(a):
+    """An index (or index_put value) array on the device: a CPU one is uploaded (counted), as
+    the user kept it on the host; a device one passes as it is."""
+    from . import device_array as device
+
+    return device.to_device(a) if isinstance(a, np.ndarray) else a
 
 
 def _unwrap(x):

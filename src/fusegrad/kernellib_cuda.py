@@ -179,4 +179,41 @@ def fill_flat(out, value):
         out[i] = value
 
 
-__all__ = [n for n in dir() if n.endswith(("_f32", "_f64", "_i"))]
+@cuda.jit(cache=True)
+def arange_flat(out, start, step):
+    """out[i] = start + i * step: an integer arange made on the device (no upload)."""
+    for i in range(cuda.grid(1), out.size, cuda.gridsize(1)):
+        out[i] = start + i * step
+
+
+@_dev
+def arg_better_max(v, i, w, j):
+    """Whether (value w, index j) replaces the best (v, i) of an argmax: a larger value, or
+    the same value at a lower index (PyTorch returns the first); NaN beats everything, the
+    first NaN wins. An index of -1 marks an empty slot."""
+    if j < 0:
+        return False
+    if i < 0:
+        return True
+    if w != w:
+        return v == v or j < i
+    if v != v:
+        return False
+    return w > v or (w == v and j < i)
+
+
+@_dev
+def arg_better_min(v, i, w, j):
+    """argmin's twin of arg_better_max (NaN still wins, as in PyTorch)."""
+    if j < 0:
+        return False
+    if i < 0:
+        return True
+    if w != w:
+        return v == v or j < i
+    if v != v:
+        return False
+    return w < v or (w == v and j < i)
+
+
+__all__ = [n for n in dir() if n.endswith(("_f32", "_f64", "_i")) or n.startswith("arg_better")]

@@ -41,7 +41,7 @@ def _prelude() -> str:
 
 KERNELS = KernelCache(_prelude())
 # Ops whose index tensors may stay on the CPU next to a CUDA tensor, as PyTorch allows: the
-# position of the first index argument (these ops run as a host round trip anyway).
+# position of the first index argument (the driver uploads a CPU index array on each call).
 INDEX_ARGS = {"getitem": 1, "index_grad": 1, "index_put": 2}
 _SEEN: set = set()  # kernel names launched in this process (compile accounting)
 
@@ -88,11 +88,7 @@ class Executable:
             elif s.kind == "update":
                 src = codegen_cuda.update_source(s)
             elif s.kind == "extern":
-                n = s.nodes[0]
-                if n.op.name in codegen_cuda.MATMULS and codegen_cuda.matmul_views(n) is not None:
-                    src = codegen_cuda.matmul_source(n.dtype, codegen_cuda.matmul_views(n)[3])
-                elif n.op.name in codegen_cuda.PERMUTES:
-                    src = codegen_cuda.permute_source(tuple(n.attrs["dims"]))
+                src = codegen_cuda.extern_source(s.nodes[0])
             else:
                 raise CompileError(
                     f"the CUDA renderer does not know plan step kind {s.kind!r} (step {s.index}: "

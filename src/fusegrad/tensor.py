@@ -282,7 +282,7 @@ def update(op, args: tuple, attrs: dict) -> None:
     """
     try:
         tr = TRACER[0]
-        if tr is not None:
+        if tr is not None and TRACER.owner == _get_ident():
             tr.record_update(op, args, attrs)
             return
         op.infer(args, attrs)

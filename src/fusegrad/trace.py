@@ -118,6 +118,7 @@ class Tracer:
         self.keep: list = []  # stores bound as inputs stay alive while the graph is pending
         self.live: list = []  # weakrefs to stores holding lazy nodes
         self.mutated: dict[int, tuple] = {}  # id(store) -> (store, input node)
+        self.views: dict[int, list] = {}  # id(base store) -> [(weakref to view store, op, ...)]
         self.exp = None  # the known graph being followed
         if self.known:
             self.exp = next(reversed(self.known.values())).graph
@@ -206,7 +207,12 @@ class Tracer:
     def record(self, op, args, attrs):
         n = self._node(op, tuple([self.node_of(a) for a in args]), attrs)
         store = T.Store(n)
-        self.live.append(weakref.ref(store))
+        ref = weakref.ref(store)
+        self.live.append(ref)
+        if op.kind == "view" and not (op.name == "getitem" and "T" in attrs["index"]):
+            # a view shares its base's memory: an in-place write to the base re-derives it
+            base = args[0]._s  # (ids of dead stores get reused: the entry checks its base)
+            self.views.setdefault(id(base), []).append((weakref.ref(base), ref, op, args[1:], attrs))
         return T._wrap_store(store)
 
     def _node(self, op, ins: tuple, attrs: dict) -> Node:
@@ -265,6 +271,15 @@ class Tracer:
         elif id(store) not in self.mutated:
             self.live.append(weakref.ref(store))
         store.v = node
+        self._rederive_views(store, node)
+
+    def _rederive_views(self, base, node: Node):
+        """Views of a tensor written in place see the write (they share memory in eager)."""
+        for base_ref, ref, op, rest, attrs in self.views.get(id(base), ()):
+            view = ref()
+            if view is not None and base_ref() is base:
+                view.v = self._node(op, (node, *[self.node_of(a) for a in rest]), attrs)
+                self._rederive_views(view, view.v)
 
     # ---- running
     def pending(self) -> bool:
