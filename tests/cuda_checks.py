@@ -489,3 +489,167 @@ def test_deepcopy_and_pickle_of_cuda_modules():
     assert _cpu(lin.weight).any()  # the copy does not share device memory
     lin.load_state_dict({k: v.cpu() for k, v in back.state_dict().items()})
     assert lin.weight.is_cuda
+
+
+# ----------------------------------------------------------------------------- ops on the device
+def _ix(v, device: str):
+    return fusegrad.tensor(np.array(v, dtype=np.int64), device=device)
+
+
+_INDEXES = {
+    "int": lambda t, d: t[1],
+    "slices": lambda t, d: t[:, 1:3],
+    "step_ellipsis": lambda t, d: t[..., ::2],
+    "none_int_negative": lambda t, d: t[None, 1, :, -1],
+    "scalar": lambda t, d: t[2, 3, 4],
+    "tensor": lambda t, d: t[_ix([2, -1, 0, 2], d)],
+    "tensor_dim1": lambda t, d: t[:, _ix([0, 3, -2, 0], d)],
+    "int_then_tensor": lambda t, d: t[1, :, _ix([4, 0, 4], d)],
+    "split_tensors": lambda t, d: t[_ix([0, 2, 0], d), :, _ix([1, 3, 1], d)],
+    "broadcast_tensors": lambda t, d: t[_ix([[0], [2]], d), _ix([1, 3, 0, 1], d)],
+    "zero_dim_tensor": lambda t, d: t[:, _ix(2, d)],
+}
+
+
+def _no_host_round_trip(ex) -> bool:
+    return "host round trip" not in ex.driver_src
+
+
+@pytest.mark.parametrize("case", sorted(_INDEXES))
+def test_indexing_and_its_gradient_run_on_the_device(case):
+    """getitem (gather kernel or a view) and index_grad (atomic scatter-add: repeated indices
+    accumulate) eagerly and compiled, values and gradients equal to CPU eager."""
+    f = _INDEXES[case]
+    x = np.arange(60, dtype=np.float32).reshape(3, 4, 5) / 7
+    results = []
+    for device, compiled in (("cpu", False), ("cuda", False), ("cuda", True)):
+        t = fusegrad.tensor(x, device=device, requires_grad=True)
+
+        def step(t):
+            y = f(t, device)
+            (y * y * 1.5).sum().backward()
+            return y
+
+        fn = fusegrad.compile(step, backend="cuda") if compiled else step
+        results.append((_cpu(fn(t)), _cpu(t.grad)))
+        if compiled:
+            assert all(_no_host_round_trip(ex) for ex in fn.graphs.values())
+    for y, g in results[1:]:
+        np.testing.assert_allclose(y, results[0][0], rtol=RTOL)
+        np.testing.assert_allclose(g, results[0][1], rtol=RTOL)
+
+
+def test_index_put_on_the_device_matches_cpu():
+    x = np.arange(12, dtype=np.float32).reshape(3, 4)
+    for device in ("cpu", "cuda"):
+        t = fusegrad.tensor(x, device=device)
+        t[_ix([2, -3], device)] = fusegrad.tensor([9.0, 8.0, 7.0, 6.0], device=device)
+        t[:, _ix([1], device)] = 5.0
+        t[1, 1:3] = fusegrad.tensor([-1.0, -2.0], device=device)
+        if device == "cpu":
+            want = _cpu(t)
+    np.testing.assert_array_equal(_cpu(t), want)
+
+    def step(a, v):
+        a = a * 1.0
+        a[_ix([0, 2], a.device.type), 1:] = v
+        (a * a).sum().backward()
+        return a
+
+    got = []
+    for device, compiled in (("cpu", False), ("cuda", True)):
+        a = fusegrad.tensor(x, device=device, requires_grad=True)
+        v = fusegrad.tensor([1.0, 2.0, 3.0], device=device, requires_grad=True)
+        fn = fusegrad.compile(step, backend="cuda") if compiled else step
+        got.append((_cpu(fn(a, v)), _cpu(a.grad), _cpu(v.grad)))
+        if compiled:
+            assert all(_no_host_round_trip(ex) for ex in fn.graphs.values())
+    for w, g in zip(got[0], got[1], strict=True):
+        np.testing.assert_allclose(g, w, rtol=RTOL)
+
+
+def test_cat_and_stack_on_the_device_match_cpu():
+    r = np.random.default_rng(6)
+    a, b = r.standard_normal((2, 3)).astype(np.float32), r.standard_normal((2, 1)).astype(np.float32)
+    c = np.arange(6, dtype=np.int64).reshape(2, 3)
+
+    def f(x, y, z):
+        return (fusegrad.cat([x, y, x], 1), fusegrad.cat([x, x], 0), fusegrad.stack([x, z], -1),
+                fusegrad.cat([x, z.to(fusegrad.float32)], -1) * 2.0)
+
+    want = f(*(fusegrad.tensor(v) for v in (a, b, c)))
+    args = [fusegrad.tensor(v, device="cuda") for v in (a, b, c)]
+    fn = fusegrad.compile(f, backend="cuda")
+    for got in (f(*args), fn(*args)):
+        for g, w in zip(got, want, strict=True):
+            assert g.is_cuda and g.dtype is w.dtype
+            np.testing.assert_array_equal(_cpu(g), _cpu(w))
+    assert all(_no_host_round_trip(ex) for ex in fn.graphs.values())
+
+
+def test_argmax_argmin_on_the_device_first_index_on_ties():
+    x = np.array([[1, 3, 3, 0], [2, 2, 2, 2], [5, -1, 5, -1]], dtype=np.float32)
+    x3 = np.random.default_rng(7).integers(0, 3, (2, 5, 3)).astype(np.float32)  # many ties
+    nan = np.array([1.0, np.nan, 4.0, np.nan], dtype=np.float32)
+    calls = [
+        (x, lambda t: t.argmax()), (x, lambda t: t.argmin()), (x, lambda t: t.argmax(1)),
+        (x, lambda t: t.argmin(0, keepdim=True)), (x, lambda t: t.argmax(-1, keepdim=True)),
+        (x3, lambda t: t.argmax(1)), (x3, lambda t: t.argmin(2)), (x3, lambda t: t.argmax(0)),
+        (nan, lambda t: t.argmax()), (nan, lambda t: t.argmin()),
+        (x.astype(np.int64), lambda t: t.argmax(1)),
+    ]
+    for arr, f in calls:
+        want = f(fusegrad.tensor(arr))
+        for got in (f(fusegrad.tensor(arr, device="cuda")),
+                    fusegrad.compile(f, backend="cuda")(fusegrad.tensor(arr, device="cuda"))):
+            assert got.dtype is fusegrad.int64 and tuple(got.shape) == tuple(want.shape)
+            np.testing.assert_array_equal(_cpu(got), want.numpy())
+
+
+def test_integer_arange_is_made_on_the_device_without_an_upload():
+    before = dict(device_array.TRANSFERS)
+    a = fusegrad.arange(2, 11, 3, device="cuda")
+    assert device_array.TRANSFERS == before
+    np.testing.assert_array_equal(_cpu(a), [2, 5, 8])
+
+
+def _classifier_run(device: str, compiled: bool, gather: bool, steps: int = 3):
+    fusegrad.manual_seed(0)
+    model = nn.Linear(5, 3).to(device)
+    opt = fusegrad.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    loss_fn = nn.CrossEntropyLoss()
+
+    def step(x, y):
+        out = model(x)
+        if gather:  # NLL by advanced indexing: a gather forward, a scatter-add backward
+            logp = out.log_softmax(1)
+            loss = -logp[fusegrad.arange(x.shape[0], device=x.device), y].mean()
+        else:
+            loss = loss_fn(out, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return loss
+
+    r = np.random.default_rng(1)
+    x = fusegrad.tensor(r.standard_normal((4, 5)).astype(np.float32), device=device)
+    y = fusegrad.tensor(np.array([0, 2, 1, 2]), device=device)
+    fn = fusegrad.compile(step, backend="auto") if compiled else step
+    losses, transfers = [], []
+    for _ in range(steps):
+        before = dict(device_array.TRANSFERS)
+        losses.append(fn(x, y).item())
+        transfers.append({k: device_array.TRANSFERS[k] - before[k] for k in before})
+    return losses, model, fn, transfers
+
+
+@pytest.mark.parametrize("gather", [False, True], ids=["cross_entropy", "nll_by_indexing"])
+def test_classifier_step_on_cuda_copies_nothing_but_the_loss(gather):
+    want, ref, _, _ = _classifier_run("cpu", False, gather)
+    got, model, fn, transfers = _classifier_run("cuda", True, gather)
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    for p, q in zip(model.parameters(), ref.parameters(), strict=True):
+        np.testing.assert_allclose(_cpu(p), q.detach().numpy(), rtol=1e-5, atol=1e-6)
+    assert transfers[-1] == {"to_device": 0, "to_host": 1}  # loss.item() only
+    assert fn.stats.graph_hits >= 1
+    assert all(_no_host_round_trip(ex) for ex in fn.graphs.values())

@@ -114,8 +114,13 @@ class CompiledFunction:
         ex = self.graphs.get(graph.key)
         if ex is None:
             ex = self._compile(graph, arrays)
-            if ex is None:  # fallback="eager"
+            if ex is None:  # fallback="eager": this graph runs eagerly from now on
+                self.graphs[graph.key] = _Interpreted(graph)
                 return runtime.interpret(graph, arrays, scalars)
+        elif type(ex) is _Interpreted:
+            self.stats.graph_hits += 1
+            self.graphs.move_to_end(graph.key)
+            return runtime.interpret(graph, arrays, scalars)
         else:
             self.stats.graph_hits += 1
             self.graphs.move_to_end(graph.key)
@@ -128,6 +133,7 @@ class CompiledFunction:
             if self.fallback != "eager":
                 raise
             self._warn_fallback()
+            self.graphs[graph.key] = _Interpreted(graph)
             return runtime.interpret(graph, arrays, scalars)
         if not first:
             self.stats.run_seconds += time.perf_counter() - t0
@@ -211,6 +217,14 @@ class CompiledFunction:
         if hint:
             lines.append("hint: " + hint)
         return "\n".join(lines)
+
+
+class _Interpreted:
+    """A graph that failed to compile under fallback="eager": it runs op by op, and is never
+    planned or compiled again (each attempt would cost the failing compile again)."""
+
+    def __init__(self, graph: Graph):
+        self.graph = graph
 
 
 def _user_stacklevel() -> int:

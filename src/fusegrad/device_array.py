@@ -121,7 +121,29 @@ def to_host(a) -> np.ndarray:
 
 
 def upload(arr: np.ndarray) -> CudaArray:
-    return CudaArray(to_device(arr))
+    """arr on the device: one counted copy, except an integer arange (which a step may make
+    per call, e.g. ``arange(C, device=...)`` in cross_entropy), which is generated there."""
+    step = _int_progression(arr)
+    if step is None:
+        return CudaArray(to_device(arr))
+    from .kernellib_cuda import arange_flat, launch_1d
+
+    out = empty(arr.shape, arr.dtype)
+    blocks, threads = launch_1d(arr.size)
+    arange_flat[blocks, threads](out.a, arr.dtype.type(arr[0]), arr.dtype.type(step))
+    return out
+
+
+def _int_progression(arr) -> int | None:
+    """The step of a 1-D int64/int32 arithmetic progression of 2+ elements, else None."""
+    if not (type(arr) is np.ndarray and arr.ndim == 1 and arr.size > 1):
+        return None
+    if arr.dtype not in (np.int64, np.int32):
+        return None
+    step = int(arr[1]) - int(arr[0])
+    if not np.array_equal(arr, arr[0] + step * np.arange(arr.size, dtype=arr.dtype)):
+        return None
+    return step
 
 
 def empty(shape: tuple, dtype) -> CudaArray:
