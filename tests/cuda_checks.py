@@ -525,7 +525,7 @@ def test_indexing_and_its_gradient_run_on_the_device(case):
     for device, compiled in (("cpu", False), ("cuda", False), ("cuda", True)):
         t = fusegrad.tensor(x, device=device, requires_grad=True)
 
-        def step(t):
+        def step(t, device=device):
             y = f(t, device)
             (y * y * 1.5).sum().backward()
             return y
@@ -570,7 +570,8 @@ def test_index_put_on_the_device_matches_cpu():
 
 def test_cat_and_stack_on_the_device_match_cpu():
     r = np.random.default_rng(6)
-    a, b = r.standard_normal((2, 3)).astype(np.float32), r.standard_normal((2, 1)).astype(np.float32)
+    a = r.standard_normal((2, 3)).astype(np.float32)
+    b = r.standard_normal((2, 1)).astype(np.float32)
     c = np.arange(6, dtype=np.int64).reshape(2, 3)
 
     def f(x, y, z):
@@ -653,3 +654,23 @@ def test_classifier_step_on_cuda_copies_nothing_but_the_loss(gather):
     assert transfers[-1] == {"to_device": 0, "to_host": 1}  # loss.item() only
     assert fn.stats.graph_hits >= 1
     assert all(_no_host_round_trip(ex) for ex in fn.graphs.values())
+
+
+def test_bool_mask_index_on_cuda_reads_only_the_mask():
+    """x[mask] eagerly on CUDA: the mask's positions make one round trip (its shape depends on
+    them), the gather and the gradient's scatter-add run on the device."""
+    x = np.arange(12, dtype=np.float32).reshape(3, 4)
+    mask = x % 3 == 1
+    want_t = fusegrad.tensor(x, requires_grad=True)
+    want = want_t[fusegrad.tensor(mask)]
+    (want * want).sum().backward()
+    t = fusegrad.tensor(x, device="cuda", requires_grad=True)
+    m = fusegrad.tensor(mask, device="cuda")
+    before = dict(device_array.TRANSFERS)
+    got = t[m]
+    assert device_array.TRANSFERS["to_host"] - before["to_host"] == 1
+    (got * got).sum().backward()
+    np.testing.assert_array_equal(_cpu(got), _cpu(want))
+    np.testing.assert_array_equal(_cpu(t.grad), _cpu(want_t.grad))
+    row = fusegrad.tensor([True, False, True], device="cuda")
+    np.testing.assert_array_equal(_cpu(t[row, 1:]), x[[0, 2], 1:])

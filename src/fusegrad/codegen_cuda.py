@@ -433,7 +433,8 @@ def argreduce_source(kind: str, dtype) -> tuple[str, str]:
     tree that keeps the lower index on ties (PyTorch's rule; NaN counts as the extreme)."""
     K = _sizes()
     T = K.RED_THREADS
-    wide, sh = ("np.float64", "numba.float64") if dtype.is_floating_point else ("np.int64", "numba.int64")
+    floating = dtype.is_floating_point
+    wide, sh = ("np.float64", "numba.float64") if floating else ("np.int64", "numba.int64")
     better = f"arg_better_{kind}"
     lines = [
         "@cuda.jit(cache=True)",
@@ -487,7 +488,8 @@ def node_index_spec(n) -> IndexSpec | None:
     if any(i.dtype is None or i.dtype.name == "bool" for i in idx):
         return None
     if want is None:  # index_put: x[index]'s shape is what op.infer of getitem says
-        want = ops.REGISTRY["getitem"].infer((n.ins[0],) + tuple(idx), {"index": n.attrs["index"]})[0]
+        getitem = ops.REGISTRY["getitem"]
+        want = getitem.infer((n.ins[0],) + tuple(idx), {"index": n.attrs["index"]})[0]
     try:
         return index_spec(tuple(base), n.attrs["index"], [tuple(i.shape) for i in idx], want)
     except (IndexError, ValueError, TypeError):
@@ -686,7 +688,7 @@ def _launch(kernel: str, numel: int) -> str:
 
 
 def _flat(v: str, shape: tuple) -> str:
-    return f"{v}.reshape({max(math.prod(shape), 1)})"
+    return f"{v}.reshape({math.prod(shape)})"  # a 0-d array has one element
 
 
 def _index_lines(n, spec: IndexSpec, kernel: str | None, buf: str, copy: bool) -> list:
@@ -729,7 +731,8 @@ def _cat_lines(n, kernel: str) -> list:
         o = f"v{n.id}.reshape({(a, total, c)!r})"
         if a * m * c:
             src = f"v{x.id}.reshape({(a, m, c)!r})"
-            lines.append(f"    {_launch(kernel, a * m * c)}({a}, {m}, {c}, {src}, {o}, {start})  # cat")
+            launch = _launch(kernel, a * m * c)
+            lines.append(f"    {launch}({a}, {m}, {c}, {src}, {o}, {start})  # cat")
         start += m
     return lines
 
@@ -745,7 +748,8 @@ def _argreduce_lines(n, kernel: str) -> list:
         return []
     grid = (min(a * c, K.MAX_BLOCKS), K.RED_THREADS)
     src = f"v{x.id}.reshape({(a, m, c)!r})"
-    return [f"    {kernel}[{grid[0]}, {grid[1]}]({a}, {m}, {c}, {src}, v{n.id}.reshape({(a, c)!r}))  # {n.op.name}"]
+    out = f"v{n.id}.reshape({(a, c)!r})"
+    return [f"    {kernel}[{grid[0]}, {grid[1]}]({a}, {m}, {c}, {src}, {out})  # {n.op.name}"]
 
 
 def _on_device(a):

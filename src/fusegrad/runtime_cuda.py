@@ -21,7 +21,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from . import codegen, codegen_cuda, dtypes, fuse
+from . import codegen, codegen_cuda, device_array, dtypes, fuse
 from .cache import KernelCache
 from .device_array import CudaArray
 from .errors import CompileError, op_error
@@ -187,6 +187,29 @@ _EAGER: OrderedDict = OrderedDict()  # signature -> Executable of a one-op graph
 EAGER_MAX = 2048
 
 
+def mask_positions(args: tuple, attrs: dict, first: int) -> tuple[tuple, dict]:
+    """x[mask] on CUDA: the mask's nonzero positions as int64 index tensors, as the tracer does
+    in compiled mode. The result's shape depends on the mask's values, so this reads them: one
+    download of the mask and one upload of its positions (a documented host round trip)."""
+    from .dtypes import bool_
+    from .tensor import _wrap
+
+    tensors = args[first:]
+    if not any(t.dtype is bool_ for t in tensors):
+        return args, attrs
+    static, out, it = [], [], iter(tensors)
+    for i in attrs["index"]:
+        t = next(it) if i == "T" else None
+        if t is None or t.dtype is not bool_:
+            static.append(i)
+            out += [t] if t is not None else []
+            continue
+        for pos in np.nonzero(np.asarray(t._s.v)):
+            static.append("T")
+            out.append(_wrap(device_array.upload(pos.astype(np.int64))))
+    return tuple(args[:first]) + tuple(out), dict(attrs, index=tuple(static))
+
+
 def eager(op, args: tuple, attrs: dict):
     """Run one op on CUDA tensors (returns the result's CudaArray) through a cached one-op plan.
 
@@ -194,6 +217,8 @@ def eager(op, args: tuple, attrs: dict):
     from .tensor import Tensor
 
     EAGER_STATS.ops += 1
+    if op.name in INDEX_ARGS:
+        args, attrs = mask_positions(args, attrs, INDEX_ARGS[op.name])
     nodes, ins, keys, arrays, scalars = [], [], [], [], []
     for pos, a in enumerate(args):
         if isinstance(a, Tensor):
