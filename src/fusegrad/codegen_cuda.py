@@ -13,8 +13,14 @@ kernellib_cuda.py's twins of kernellib.py's names. How plan steps map to kernels
 - ``mm_t`` / ``matmul``: a tiled shared-memory matmul (TILE x TILE threads per block, blockIdx.z
   over a batch dim). The bias add and activation after a linear already run in the next loop.
 - views: reshape/squeeze/unsqueeze are device views; permute/transpose/t are a generated copy
-  kernel. Other extern ops (indexing, gathers, cat, argmax, index_put) run their numpy kernel
-  on a host copy and upload the result: a documented host round trip.
+  kernel.
+- indexing: ``IndexSpec`` turns x[index] (PyTorch's order, ops._index_steps) into address
+  arithmetic on flat x. getitem is a device view when it selects one contiguous run, else a
+  gather kernel; index_grad a zero fill and an atomic scatter-add; index_put a device copy and
+  a scatter write. cat copies each input into its slab; argmax/argmin are a block reduction
+  keeping the first index. What remains on the host (bool index parts, an index_grad of bools,
+  matmuls whose batch dims broadcast partially) runs its numpy kernel on a host copy and
+  uploads the result: a documented host round trip.
 
 Kernel source, like the CPU renderer's, depends only on ops, dtypes, rank and broadcast pattern
 (sizes are arguments), so kernels are shared between graphs and cached on disk by cache.py.
