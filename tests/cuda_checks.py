@@ -151,7 +151,11 @@ def test_in_place_updates_and_item_assignment_on_cuda():
     g += 1.5
     g.mul_(2.0)
     np.testing.assert_array_equal(g.cpu().numpy(), [3.0] * 4)
-    g[1] = 7.0  # a host round trip, documented
+    before = dict(device_array.TRANSFERS)
+    g[1] = 7.0  # index_put on the device
+    g[fusegrad.tensor([0, 3], device="cuda")] = g[1] * 2
+    assert device_array.TRANSFERS == before
+    np.testing.assert_array_equal(g.cpu().numpy(), [14.0, 7.0, 3.0, 14.0])
     g.copy_(fusegrad.tensor([1.0, 2.0, 3.0, 4.0]))  # copy_ from the CPU: one upload
     np.testing.assert_array_equal(g.cpu().numpy(), [1.0, 2.0, 3.0, 4.0])
     g.zero_()

@@ -80,14 +80,6 @@ class CudaArray:
             TRANSFERS["to_device"] += 1
             self.a.copy_to_device(_contiguous(np.asarray(src, dtype=self.dtype)))
 
-    def __setitem__(self, index, value) -> None:
-        """Item assignment in eager mode: a documented host round trip (download, set, upload)."""
-        host = self.host()
-        if isinstance(index, tuple):
-            index = tuple(i.host() if type(i) is CudaArray else i for i in index)
-        host[index] = value.host() if type(value) is CudaArray else value
-        self.copy_from(host)
-
     def __deepcopy__(self, memo) -> CudaArray:
         """copy.deepcopy(model) on CUDA: a new device array, copied on the device."""
         out = empty(self.shape, self.dtype)

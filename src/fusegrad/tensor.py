@@ -1063,7 +1063,7 @@ class Tensor:
             r = apply(_OPS["index_put"], (self._alias(), value, *tensors), {"index": index})
             self._inplace_update(r, "index_put_")
             self.grad_fn, self.requires_grad = r.grad_fn, True
-        elif TRACER[0] is None:
+        elif TRACER[0] is None and type(self._s.v) is not CudaArray:  # numpy writes in place
             v = value._s.v if isinstance(value, Tensor) else value
             try:
                 ops.put(self._s.v, index, tuple(t._s.v for t in tensors), v)
@@ -1072,7 +1072,7 @@ class Tensor:
                 msg = f"{e}; got ({_describe((self, value))})"
                 raise op_error("index_put_", msg, cls) from None
             self._s.version += 1
-        else:
+        else:  # traced, or on the device: index_put, then write the result into self's memory
             r = apply(_OPS["index_put"], (self, value, *tensors), {"index": index})
             self._inplace_update(r, "index_put_")
 
