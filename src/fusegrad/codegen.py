@@ -308,13 +308,8 @@ def driver_source(plan: Plan, kernels: dict, layout: dict) -> tuple[str, dict]:
     (absent: allocate fresh each call, because the array leaves to the caller).
     """
     env: dict = {"np": np}
-    lines = ["def run(A, S, B):"]
+    lines = driver_head(plan, "A[{}]")
     leaving = set(plan.outputs)
-    for n in plan.nodes:
-        if n.op == "input":
-            lines.append(f"    v{n.id} = A[{n.attrs['k']}]")
-        elif n.op == "scalar":
-            lines.append(f"    v{n.id} = S[{n.attrs['k']}]")
 
     def buf(n) -> str:
         if n.id in layout:
@@ -374,6 +369,18 @@ def driver_source(plan: Plan, kernels: dict, layout: dict) -> tuple[str, dict]:
         lines.append(f"    np.copyto(v{dst}, v{src})")
     lines.append(f"    return [{', '.join(f'v{i}' for i in plan.outputs)}]")
     return "\n".join(lines) + "\n", env
+
+
+def driver_head(plan: Plan, load: str) -> list:
+    """The driver's first lines: `def run(A, S, B)` binding inputs (``load`` formats A[k]) and
+    runtime scalars to their node names."""
+    lines = ["def run(A, S, B):"]
+    for n in plan.nodes:
+        if n.op == "input":
+            lines.append(f"    v{n.id} = {load.format(n.attrs['k'])}")
+        elif n.op == "scalar":
+            lines.append(f"    v{n.id} = S[{n.attrs['k']}]")
+    return lines
 
 
 def copied_mutations(plan: Plan) -> list:

@@ -565,13 +565,8 @@ def driver_source(plan: Plan, kernels: dict, layout: dict) -> tuple[str, dict]:
     from . import kernellib_cuda as K
 
     env: dict = {"W": device.CudaArray, "E": _alloc, "C": _copy, "U": _unwrap, "D": _on_device}
-    lines = ["def run(A, S, B):"]
+    lines = codegen.driver_head(plan, "U(A[{}])")
     leaving = set(plan.outputs)
-    for n in plan.nodes:
-        if n.op == "input":
-            lines.append(f"    v{n.id} = U(A[{n.attrs['k']}])")
-        elif n.op == "scalar":
-            lines.append(f"    v{n.id} = S[{n.attrs['k']}]")
 
     def buf(n) -> str:
         if n.id in layout:

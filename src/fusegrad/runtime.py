@@ -36,16 +36,9 @@ class Executable:
         self.plan = plan
         self.graph = plan.graph
         self.stats = stats
-        self.kernels = {}  # step index -> (dispatcher, name, path, step)
-        self.sources = []
-        names = {}
-        for s in plan.steps:
-            if s.kind in ("loop", "update"):
-                header, body = (codegen.kernel_source if s.kind == "loop" else codegen.update_source)(s)
-                disp, name, path = KERNELS.get(header, body)
-                self.kernels[s.index] = (disp, name, path, s)
-                names[s.index] = name
-                self.sources.append((name, path, body.replace("KNAME", name)))
+        render = {"loop": codegen.kernel_source, "update": codegen.update_source}
+        names = load_kernels(self, {s.index: render[s.kind](s) for s in plan.steps if s.kind in render},
+                             KERNELS)
         leaving = codegen.leaving(plan)
         self.layout, self.B = {}, []
         for s in plan.steps:
@@ -54,16 +47,7 @@ class Executable:
                 if n.id not in leaving and (s.kind == "loop" or blas):
                     self.layout[n.id] = len(self.B)
                     self.B.append(np.empty(n.shape, n.dtype.np))
-        src, env = codegen.driver_source(plan, names, self.layout)
-        if verify:
-            src = src.replace("    return [", "    return locals(), [")
-        self.driver_src = src
-        self.env = env
-        for idx, (disp, name, path, s) in self.kernels.items():
-            env[name] = _FirstCall(self, disp, name, path, s)
-        exec(compile(src, f"<fusegrad driver {id(self):x}>", "exec"), env)
-        self.fn = env["run"]
-        self.first = True
+        build_driver(self, *codegen.driver_source(plan, names, self.layout), _FirstCall, verify)
         self.compiled_now = 0
 
     def run(self, arrays: list, scalars: list):
@@ -79,6 +63,32 @@ class Executable:
             self.first = False
         self.stats.compile_seconds += time.perf_counter() - t0
         return out
+
+
+def load_kernels(ex, sources: dict, cache) -> dict:
+    """Each step's kernel from the cache (compiled on first call): fills ex.kernels (step index
+    -> (dispatcher, name, path, step)) and ex.sources; returns step index -> kernel name."""
+    ex.kernels, ex.sources, names = {}, [], {}
+    steps = {s.index: s for s in ex.plan.steps}
+    for index, (header, body) in sources.items():
+        disp, name, path = cache.get(header, body)
+        ex.kernels[index] = (disp, name, path, steps[index])
+        names[index] = name
+        ex.sources.append((name, path, body.replace("KNAME", name)))
+    return names
+
+
+def build_driver(ex, src: str, env: dict, first_call, verify: bool) -> None:
+    """Compile a plan's generated driver; kernels go through first_call wrappers on the first
+    run (compile accounting, clear errors). verify=True also returns the driver's locals."""
+    if verify:
+        src = src.replace("    return [", "    return locals(), [")
+    ex.driver_src, ex.env = src, env
+    for disp, name, path, s in ex.kernels.values():
+        env[name] = first_call(ex, disp, name, path, s)
+    exec(compile(src, f"<fusegrad driver {id(ex):x}>", "exec"), env)
+    ex.fn = env["run"]
+    ex.first = True
 
 
 class _FirstCall:

@@ -21,7 +21,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from . import codegen, codegen_cuda, device_array, dtypes, fuse
+from . import codegen, codegen_cuda, device_array, dtypes, fuse, runtime
 from .cache import KernelCache
 from .device_array import CudaArray
 from .errors import CompileError, op_error
@@ -78,9 +78,7 @@ class Executable:
         self.graph = plan.graph
         self.stats = stats
         self.verify = verify
-        self.sources = []
-        self.kernels = {}  # step index -> (kernel, name, path, step)
-        names = {}
+        sources = {}
         for s in plan.steps:
             src = None
             if s.kind == "loop":
@@ -95,11 +93,8 @@ class Executable:
                     f"{', '.join(x.name for x in s.nodes)})"
                 )
             if src is not None:
-                header, body = src
-                disp, name, path = KERNELS.get(header, body)
-                self.kernels[s.index] = (disp, name, path, s)
-                names[s.index] = name
-                self.sources.append((name, path, body.replace("KNAME", name)))
+                sources[s.index] = src
+        names = runtime.load_kernels(self, sources, KERNELS)
         from . import device_array as device
 
         leaving = codegen.leaving(plan)
@@ -109,16 +104,8 @@ class Executable:
                 if n.id not in leaving and s.index in self.kernels:
                     self.layout[n.id] = len(self.B)
                     self.B.append(device.empty(n.shape, n.dtype.np).a)
-        src, env = codegen_cuda.driver_source(plan, names, self.layout)
-        if verify:
-            src = src.replace("    return [", "    return locals(), [")
-        self.driver_src = src
-        self.env = env
-        for disp, name, path, s in self.kernels.values():
-            env[name] = _FirstLaunch(self, disp, name, path, s)
-        exec(compile(src, f"<fusegrad cuda driver {id(self):x}>", "exec"), env)
-        self.fn = env["run"]
-        self.first = True
+        runtime.build_driver(self, *codegen_cuda.driver_source(plan, names, self.layout),
+                             _FirstLaunch, verify)
 
     def run(self, arrays: list, scalars: list):
         if not self.first:
