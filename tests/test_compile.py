@@ -299,6 +299,41 @@ def test_graph_hits_follow_known_graphs_without_shape_rules_or_source_lookups(mo
         assert (n > 0) == is_new, (d, is_new, n)
 
 
+def test_graph_breaks_follow_the_graphs_the_last_call_ran(monkeypatch):
+    # a step with two graph breaks runs three graphs; on later calls each segment follows the
+    # graph that the previous call ran at the same point, so nothing diverges
+    import fusegrad.trace as trace_mod
+
+    (me, oe), (mc, oc) = mse_setup(seed=21, momentum=0.9)
+    xs, ys = data(22, (8, 10), (8, 3))
+
+    def body(model, opt, x, y):
+        pred = model(x)
+        seen = pred.sum().item()  # graph break 1
+        loss = nn.MSELoss()(pred, y)
+        opt.zero_grad()
+        loss.backward()
+        norm = float(model.weight.grad.norm())  # graph break 2
+        opt.step()
+        return loss, seen, norm
+
+    step = fusegrad.compile(lambda x, y: body(mc, oc, x, y))
+    diverged = []
+    real = trace_mod.Tracer._diverged
+    monkeypatch.setattr(trace_mod.Tracer, "_diverged",
+                        lambda self, match: diverged.append(1) or real(self, match))
+    for i in range(5):
+        before = len(diverged)
+        want = body(me, oe, T(xs), T(ys))
+        got = step(T(xs), T(ys))
+        assert got[0].item() == pytest.approx(want[0].item(), rel=1e-5)
+        assert got[1] == pytest.approx(want[1], rel=1e-5) and got[2] == pytest.approx(want[2], rel=1e-5)
+        if i >= 2:  # (the momentum buffers' first call and the second call compile graphs)
+            assert len(diverged) == before, i
+    assert step.stats.graph_breaks == 10
+    assert_params_close(me, mc)
+
+
 # --------------------------------------------------------------------------- runtime inputs
 def test_changing_lr_via_param_groups_does_not_recompile():
     (me, oe), (mc, oc) = mse_setup(seed=11, momentum=0.9)

@@ -69,6 +69,7 @@ class CompiledFunction:
         self.stats = Stats()
         self.graphs: OrderedDict = OrderedDict()  # signature -> Executable (LRU)
         self.history: list[Graph] = []  # every graph compiled, for explain()
+        self._last_run: list = []  # the graphs the last call ran, in order: the next call's guide
         self._warned_evict = False
         self._warned_fallback = False
         self.__name__ = getattr(fn, "__name__", "compiled")
@@ -88,7 +89,7 @@ class CompiledFunction:
         self.stats.calls += 1
         t0 = time.perf_counter()
         c0, r0 = self.stats.compile_seconds, self.stats.run_seconds
-        tracer = Tracer(self._run_graph, self.verify, self.graphs)
+        tracer = Tracer(self._run_graph, self.verify, self.graphs, self._last_run)
         tracer.final = False
         T.TRACER[0] = tracer
         try:
@@ -102,6 +103,7 @@ class CompiledFunction:
             T.TRACER[0] = None
         tracer.final = True
         tracer.realize()
+        self._last_run = tracer.ran
         spent = time.perf_counter() - t0
         self.stats.trace_seconds += spent - (self.stats.compile_seconds - c0) - (self.stats.run_seconds - r0)
         return out

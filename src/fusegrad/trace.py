@@ -103,10 +103,12 @@ class Tracer:
     the slow way.
     """
 
-    def __init__(self, runner, verify: bool = False, known=None):
+    def __init__(self, runner, verify: bool = False, known=None, hints=()):
         self.runner = runner  # fn(graph, arrays, scalars) -> list of output arrays
         self.verify = verify
         self.known = {} if known is None or verify else known
+        self.hints = hints  # the graphs the previous call ran, in order (one per graph break)
+        self.ran: list = []  # the graphs this call ran
         self._reset()
 
     def _reset(self):
@@ -119,9 +121,12 @@ class Tracer:
         self.live: list = []  # weakrefs to stores holding lazy nodes
         self.mutated: dict[int, tuple] = {}  # id(store) -> (store, input node)
         self.views: dict[int, list] = {}  # id(base store) -> [(weakref to view store, op, ...)]
-        self.exp = None  # the known graph being followed
+        self.exp = None  # the known graph being followed: what the last call ran at this point
         if self.known:
-            self.exp = next(reversed(self.known.values())).graph
+            seg = len(self.ran)
+            hint = self.hints[seg] if seg < len(self.hints) else None
+            known = hint is not None and hint.key in self.known
+            self.exp = hint if known else next(reversed(self.known.values())).graph
         else:
             self.keys = []
 
@@ -312,6 +317,7 @@ class Tracer:
             key = Signature((tuple(keys), tuple(outs), tuple(mutations)))
             graph = Graph(self.nodes, outs, mutations, key)
         arrays, scalars, mutated = self.arrays, self.scalars, list(self.mutated.values())
+        self.ran.append(graph)
         self._reset()  # tracing continues on a fresh graph, even if running fails
         for store, inp in mutated:
             store.v = arrays[inp.attrs["k"]]
