@@ -165,3 +165,26 @@ def test_mixed_dtypes_groups_and_skipped_grads_compiled_equal_eager():
             assert q.dtype == p.dtype
             np.testing.assert_array_equal(q.detach().numpy(), p.detach().numpy())
     assert oc.state[pc[1]]["step"] == 3.0 and oc.state[pc[0]]["step"] == 5.0
+
+
+def test_parameter_written_again_after_an_update_in_the_same_call():
+    # after opt.step() a parameter holds the update's new value (not a view of another tensor):
+    # an in-place edit and a second step in the same compiled call must work as in eager
+    def run(compiled):
+        (p,), _ = _params(np.float32, [(3,)], seed=4)
+        opt = optim.SGD([p], lr=0.1, momentum=0.9)
+
+        def f():
+            for _ in range(2):
+                opt.zero_grad()
+                (p * p).sum().backward()
+                opt.step()
+                with fusegrad.no_grad():
+                    p.mul_(0.5)
+            return p * 1
+
+        f = fusegrad.compile(f) if compiled else f
+        return [f().detach().numpy().copy() for _ in range(3)]
+
+    for a, b in zip(run(True), run(False), strict=True):
+        np.testing.assert_array_equal(a, b)

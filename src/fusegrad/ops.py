@@ -75,6 +75,11 @@ class Op:
         """PyTorch's grad_fn name; some ops name their overload by the arguments given."""
         return self.grad_fn
 
+    def aliases(self, attrs: dict) -> bool:
+        """Whether the result shares its first argument's memory, so that an in-place write
+        to either must reach the other."""
+        return self.kind == "view"
+
 
 # --------------------------------------------------------------------------- shape helpers
 @lru_cache(maxsize=8192)
@@ -848,6 +853,9 @@ class GetItem(View):
     def node_name(self, attrs):
         return index_kind(attrs["index"])
 
+    def aliases(self, attrs):
+        return "T" not in attrs["index"]  # tensor indices gather a copy
+
     def infer(self, args, attrs):
         x = args[0]
         dummy = np.broadcast_to(np.zeros((), np.int8), x.shape)
@@ -1183,6 +1191,9 @@ class Updated(Op):
     """The new value of a tensor written by an update op: an alias of the written array."""
 
     name, kind, differentiable, needs_inputs = "updated", "view", False, False
+
+    def aliases(self, attrs):
+        return False  # it is the written tensor's own new value, not a view of another tensor
 
     def infer(self, args, attrs):
         return tuple(shape_of(args[1])), args[1].dtype

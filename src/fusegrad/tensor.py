@@ -1086,7 +1086,7 @@ class Tensor:
                 f"(op {name}, at {user_line()})"
             )
         fn = self.grad_fn
-        if fn.op.kind == "view" and not (fn.op.name == "getitem" and "T" in fn.attrs["index"]):
+        if fn.op.aliases(fn.attrs):
             raise RuntimeError(
                 f"{name}: in-place change of a view ({self.grad_fn.name()}) of a tensor that "
                 f"requires grad is not supported (the gradient of the viewed tensor would miss "

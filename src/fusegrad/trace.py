@@ -214,8 +214,7 @@ class Tracer:
         store = T.Store(n)
         ref = weakref.ref(store)
         self.live.append(ref)
-        if op.kind == "view" and not (op.name == "getitem" and "T" in attrs["index"]):
-            # a view shares its base's memory: an in-place write to the base re-derives it
+        if op.aliases(attrs):  # an in-place write to the base re-derives the view
             base = args[0]._s  # (ids of dead stores get reused: the entry checks its base)
             self.views.setdefault(id(base), []).append((weakref.ref(base), ref, op, args[1:], attrs))
         return T._wrap_store(store)
@@ -262,9 +261,7 @@ class Tracer:
 
     def _write(self, store, node: Node):
         v = store.v
-        if type(v) is Node and v.op not in ("input", "scalar") and v.op.kind == "view" and not (
-            v.op.name == "getitem" and "T" in v.attrs["index"]
-        ):
+        if type(v) is Node and v.op not in ("input", "scalar") and v.op.aliases(v.attrs):
             raise RuntimeError(
                 f"fusegrad.compile: an in-place write to the result of {v.name} (a view of "
                 f"another tensor) is not supported inside a compiled function, because the "
@@ -340,7 +337,7 @@ def _is_input(e: Node, shape: tuple, dtype, cuda: bool) -> bool:
 
 def _is_op(e: Node, op, ins: tuple, attrs: dict) -> bool:
     """Whether known node e records op on the same inputs (compared by position) and attrs."""
-    if e.op is not op or (e.attrs != attrs if e.attrs is not attrs else False):
+    if e.op is not op or (e.attrs is not attrs and e.attrs != attrs):
         return False
     if e.ins == ins:  # the same Node objects: the usual case when following one graph
         return True
