@@ -21,8 +21,9 @@ from .fuse import Plan, Step
 
 PARALLEL_MIN = 1 << 18  # loops with fewer elements run on one core (thread wake-up costs more)
 CHUNK = 1024  # a reduction's innermost loop runs in chunks of this many elements
-_FN = re.compile(r"\b(exp|log|tanh|sigmoid|erf|gelu|gelu_grad|sqrt|sin|cos|sign)\(")
-_MATH = re.compile(r"\b(exp|log|tanh|sigmoid|erf|gelu|gelu_grad|sin|cos)_f(32|64)\(")  # calls in rendered code
+_MATH_FNS = "exp|log|tanh|sigmoid|erf|gelu|gelu_grad|sin|cos"  # calls that cost (vectorize them)
+_FN = re.compile(rf"\b({_MATH_FNS}|sqrt|sign)\(")  # in an op's lower template
+_MATH = re.compile(rf"\b({_MATH_FNS})_f(32|64)\(")  # in rendered code
 _CAST = {"float32": "np.float32", "float64": "np.float64", "int64": "np.int64", "int32": "np.int32", "bool": "bool"}
 
 
@@ -239,9 +240,10 @@ def update_source(step: Step) -> tuple[str, str]:
     body = []
     for k, (arrays, scal, flags, numel) in enumerate(per):
         xs = [f"x{k}_{j}" for j in range(len(arrays))]
-        for j, (x, a) in enumerate(zip(xs, arrays)):  # one statement each: Numba's parfors
+        # one statement per view: Numba's parfors copy views assigned as a tuple
+        for j, (x, a) in enumerate(zip(xs, arrays)):
             body.append(f"    {x} = {a}.reshape({a}.size)" if j in writes else f"    {x} = {a}.ravel()")
-        body += [f"    c{k}_{i} = {c}" for i, c in enumerate(scal)]  # copy a tuple of views
+        body += [f"    c{k}_{i} = {c}" for i, c in enumerate(scal)]
         sc = [f"c{k}_{i}" for i in range(len(scal))]
         rng = "prange" if parallel and numel >= PARALLEL_MIN else "range"
         body.append(f"    for i in {rng}({xs[0]}.size):")

@@ -119,13 +119,11 @@ class CompiledFunction:
             if ex is None:  # fallback="eager": this graph runs eagerly from now on
                 self.graphs[graph.key] = _Interpreted(graph)
                 return runtime.interpret(graph, arrays, scalars)
-        elif type(ex) is _Interpreted:
-            self.stats.graph_hits += 1
-            self.graphs.move_to_end(graph.key)
-            return runtime.interpret(graph, arrays, scalars)
         else:
             self.stats.graph_hits += 1
             self.graphs.move_to_end(graph.key)
+            if type(ex) is _Interpreted:
+                return runtime.interpret(graph, arrays, scalars)
         t0 = time.perf_counter()
         first = ex.first
         try:
