@@ -68,25 +68,26 @@ def reduce_layout(step: Step) -> tuple[tuple, bool]:
     return R, R == tuple(range(r - len(R), r))
 
 
+def loop_names(step: Step) -> tuple[list, list, dict, dict]:
+    """A loop step's array inputs, scalar inputs, and the positional local names both
+    renderers use: x0 an array element, s0 a scalar, t3 the fourth op, o0 the first output."""
+    arrays = [n for n in step.inputs if n.op != "scalar"]
+    scalars = [n for n in step.inputs if n.op == "scalar"]
+    name = {n.id: f"x{k}" for k, n in enumerate(arrays)}
+    name.update({n.id: f"s{k}" for k, n in enumerate(scalars)})
+    name.update({n.id: f"t{j}" for j, n in enumerate(step.nodes)})
+    return arrays, scalars, name, {n.id: f"o{k}" for k, n in enumerate(step.outputs)}
+
+
 def kernel_source(step: Step) -> tuple[str, str]:
     """(header comment, body) of a loop step's kernel; the body names the function KNAME."""
     loop = loop_shape(step)
     r = len(loop)
-    arrays = [n for n in step.inputs if n.op != "scalar"]
-    scalars = [n for n in step.inputs if n.op == "scalar"]
+    arrays, scalars, name, oname = loop_names(step)
     outs = step.outputs
     red_ids = {n.id for n in step.reductions}
     R, suffix = reduce_layout(step)
     kept = r - len(R) if suffix else 0
-
-    name = {}
-    for k, n in enumerate(arrays):
-        name[n.id] = f"x{k}"
-    for k, n in enumerate(scalars):
-        name[n.id] = f"s{k}"
-    for j, n in enumerate(step.nodes):
-        name[n.id] = f"t{j}"
-    oname = {n.id: f"o{k}" for k, n in enumerate(outs)}
 
     numel = math.prod(loop)
     # Numba's parfor reduction variables keep a loop from vectorizing (measured 4.9 ms vs

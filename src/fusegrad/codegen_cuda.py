@@ -102,20 +102,10 @@ def loop_source(step: Step) -> tuple[str, str]:
     K = _sizes()
     loop = codegen.loop_shape(step)
     r = len(loop)
-    arrays = [n for n in step.inputs if n.op != "scalar"]
-    scalars = [n for n in step.inputs if n.op == "scalar"]
+    arrays, scalars, name, oname = codegen.loop_names(step)
     outs = step.outputs
     red_ids = {n.id for n in step.reductions}
     R, _ = codegen.reduce_layout(step)
-
-    name = {}
-    for k, n in enumerate(arrays):
-        name[n.id] = f"x{k}"
-    for k, n in enumerate(scalars):
-        name[n.id] = f"s{k}"
-    for j, n in enumerate(step.nodes):
-        name[n.id] = f"t{j}"
-    oname = {n.id: f"o{k}" for k, n in enumerate(outs)}
 
     chain = []  # loads, the op chain and elementwise stores, for one loop element
     for k, n in enumerate(arrays):

@@ -106,11 +106,7 @@ class _FirstCall:
         except Exception as e:
             if "numba" not in type(e).__module__:
                 raise
-            shapes = ", ".join(f"{n.name}{list(n.shape)}" for n in self.step.nodes)
-            raise CompileError(
-                f"Numba could not compile kernel {self.name} (ops: {shapes}); generated source: "
-                f"{self.path}\n{type(e).__name__}: {str(e)[:2000]}"
-            ) from None
+            raise compile_error("kernel", self.name, self.path, self.step, e) from None
         if len(disp.signatures) > before and sum(disp.stats.cache_hits.values()) == hits:
             stats.kernels_compiled += 1
             self.ex.compiled_now += 1
@@ -122,6 +118,16 @@ class _FirstCall:
                          self.ex.compiled_now, total, elapsed)
         else:
             stats.kernel_hits += 1
+
+
+def compile_error(what: str, name: str, path: str, step, e: Exception) -> CompileError:
+    """Numba's failure to compile a generated kernel, naming it, its ops and shapes, and its
+    source file."""
+    shapes = ", ".join(f"{n.name}{list(n.shape)}" for n in step.nodes)
+    return CompileError(
+        f"Numba could not compile {what} {name} (ops: {shapes}); generated source: {path}\n"
+        f"{type(e).__name__}: {str(e)[:2000]}"
+    )
 
 
 def _call_healing(disp, args: tuple) -> None:

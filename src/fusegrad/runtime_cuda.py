@@ -145,11 +145,7 @@ class _FirstLaunch:
             except Exception as e:
                 if "numba" not in type(e).__module__:
                     raise
-                shapes = ", ".join(f"{n.name}{list(n.shape)}" for n in self.step.nodes)
-                raise CompileError(
-                    f"Numba could not compile CUDA kernel {self.name} (ops: {shapes}); generated "
-                    f"source: {self.path}\n{type(e).__name__}: {str(e)[:2000]}"
-                ) from None
+                raise runtime.compile_error("CUDA kernel", self.name, self.path, self.step, e) from None
             hits = getattr(getattr(self.disp, "stats", None), "cache_hits", None)
             if self.name in _SEEN or (hits and sum(hits.values())):
                 self.ex.stats.kernel_hits += 1
