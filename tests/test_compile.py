@@ -936,7 +936,7 @@ def test_reductions_over_any_dim_compiled_match_eager(fn):
 
 @pytest.mark.parametrize("shape,dim", [((5, 2051), 1), ((3, 7), 1), ((300_003,), 0), ((2, 3, 1030), (1, 2))],
                          ids=["rows-2051", "rows-7", "parallel-1d", "two-dims"])
-@pytest.mark.parametrize("body", ["light", "heavy", "int", "max"])
+@pytest.mark.parametrize("body", ["light", "heavy", "int", "max", "any"])
 def test_long_reductions_compiled_match_eager(shape, dim, body):
     # Reductions whose innermost dim is reduced are unrolled into four partial sums (light
     # loops) or run in chunks through a buffer (loops that call math functions): remainders
@@ -946,12 +946,30 @@ def test_long_reductions_compiled_match_eager(shape, dim, body):
         "heavy": lambda x: (x.tanh() * x.exp()).mean(dim=dim),
         "int": lambda x: (x * 3).long().sum(dim=dim),
         "max": lambda x: (x.sigmoid() - x).amax(dim=dim),
+        "any": lambda x: (x * 2 > 7.5).any(dim=dim),
     }
     fn = fns[body]
     x = fusegrad.tensor(np.random.default_rng(0).standard_normal(shape).astype(np.float32))
     want, got = fn(x), fusegrad.compile(fn)(x)
     assert got.dtype == want.dtype and got.shape == want.shape
     np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=2e-5, atol=1e-4)
+
+
+def test_parallel_full_reduction_does_not_depend_on_the_thread_count():
+    # A large 1-D mean runs in blocks on all threads; the block partials are added in order.
+    import numba
+
+    x = fusegrad.tensor(np.random.default_rng(1).standard_normal(700_001).astype(np.float32))
+    f = fusegrad.compile(lambda x: (x.tanh() * 3 + x).mean())
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one = f(x).item()
+        numba.set_num_threads(before)
+        assert f(x).item() == one
+    finally:
+        numba.set_num_threads(before)
+    assert one == pytest.approx(float(np.mean(np.tanh(x.numpy().astype(np.float64)) * 3 + x.numpy())), rel=1e-5)
 
 
 def test_training_step_with_max_over_the_batch_compiled_matches_eager():
