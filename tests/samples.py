@@ -337,16 +337,39 @@ def s_erf(g):
     return _unary(g, "erf", g.n, int_too=False)
 
 
-def _gelu_backward_call(x):
-    L = lib(x)
-    leaf = x if x.requires_grad else x.detach().requires_grad_()
-    return L.autograd.grad(L.nn.functional.gelu(leaf).sum(), leaf, create_graph=x.requires_grad)[0]
+def _backward_call(forward):
+    """The gradient of forward(x).sum() in x: how an op's backward op (gelu_backward, ...)
+    is called, having no public call of its own (create_graph keeps it differentiable)."""
+    def call(x):
+        L = lib(x)
+        leaf = x if x.requires_grad else x.detach().requires_grad_()
+        return L.autograd.grad(forward(L, leaf).sum(), leaf, create_graph=x.requires_grad)[0]
+    return call
+
+
+def _backward_samples(g, forward):
+    call = _backward_call(forward)
+    return [S((g.n(3, 4) * 2,), {}, call), S((g.n(),), {}, call)]
 
 
 @sampler
 def s_gelu_backward(g):
-    # No public call of its own: gelu's backward (create_graph keeps it differentiable).
-    return [S((g.n(3, 4) * 2,), {}, _gelu_backward_call), S((g.n(),), {}, _gelu_backward_call)]
+    return _backward_samples(g, lambda L, x: L.nn.functional.gelu(x))
+
+
+@sampler
+def s_tanh_backward(g):
+    return _backward_samples(g, lambda L, x: x.tanh())
+
+
+@sampler
+def s_sigmoid_backward(g):
+    return _backward_samples(g, lambda L, x: x.sigmoid())
+
+
+@sampler
+def s_relu_backward(g):
+    return _backward_samples(g, lambda L, x: x.relu())
 
 
 @sampler

@@ -129,6 +129,9 @@ REF = {
     "gelu": lambda a: 0.5 * a * (1.0 + _np_erf(a / math.sqrt(2.0))),
     "gelu_backward": lambda a: 0.5 * (1.0 + _np_erf(a / math.sqrt(2.0)))
     + a * np.exp(-0.5 * a * a) / math.sqrt(2.0 * math.pi),
+    "tanh_backward": lambda a: 1 - np.tanh(a) ** 2,
+    "sigmoid_backward": lambda a: (1 / (1 + np.exp(-a))) * (1 - 1 / (1 + np.exp(-a))),
+    "relu_backward": lambda a: (a > 0).astype(a.dtype),
     "logical_not": np.logical_not,
     "eq": np.equal,
     "ne": np.not_equal,
@@ -226,7 +229,7 @@ _BOOL_OUT = {
     "any",
 }
 _FLOAT_OUT = {"div", "exp", "log", "sqrt", "rsqrt", "sin", "cos", "tanh", "sigmoid", "erf", "gelu",
-              "gelu_backward"}
+              "gelu_backward", "tanh_backward", "sigmoid_backward", "relu_backward"}
 _SAME = {
     "neg",
     "relu",
@@ -419,7 +422,8 @@ def test_requires_grad_flows_only_through_differentiable_ops(name, i):
         assert not out.is_leaf
     elif name != "mm_t":  # not differentiable, or an integer/bool result (as in PyTorch)
         assert not out.requires_grad and out.grad_fn is None
-    if name not in ("index_grad", "gelu_backward"):  # their samples differentiate inside
+    if name not in ("index_grad", "gelu_backward", "tanh_backward", "sigmoid_backward",
+                    "relu_backward"):  # their samples differentiate inside
         with fusegrad.no_grad():
             assert not s.call(*xs).requires_grad
 

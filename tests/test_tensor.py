@@ -212,6 +212,26 @@ def test_autograd_grad_leaves_dot_grad_alone():
     assert gb is None
 
 
+@pytest.mark.parametrize("name,f,f2", [
+    ("exp", lambda x: x.exp(), np.exp),
+    ("sqrt", lambda x: x.sqrt(), lambda a: -0.25 * a ** -1.5),
+    ("rsqrt", lambda x: x.rsqrt(), lambda a: 0.75 * a ** -2.5),
+    ("tanh", lambda x: x.tanh(), lambda a: -2 * np.tanh(a) * (1 - np.tanh(a) ** 2)),
+    ("sigmoid", lambda x: x.sigmoid(), lambda a: (s := 1 / (1 + np.exp(-a))) * (1 - s) * (1 - 2 * s)),
+    ("relu", lambda x: x.relu(), lambda a: np.zeros_like(a)),
+    ("pow", lambda x: 2.0 ** x, lambda a: 2.0 ** a * np.log(2.0) ** 2),
+])
+def test_second_derivative_through_an_ops_saved_output(name, f, f2):
+    # These VJPs read the op's output; with create_graph=True the gradient flows through it
+    # too (PyTorch saves the output with its grad_fn), so d2/dx2 is complete.
+    a = np.linspace(0.3, 2.0, 7)
+    x = torch.tensor(a, requires_grad=True)
+    (g,) = torch.autograd.grad(f(x).sum(), x, create_graph=True)
+    (gg,) = torch.autograd.grad(g.sum(), x)
+    np.testing.assert_allclose(gg.numpy(), f2(a), rtol=1e-10, atol=1e-12)
+    assert x.grad is None
+
+
 def test_autograd_grad_with_grad_outputs_and_non_leaf_input():
     x = torch.tensor([1.0, 2.0], requires_grad=True)
     h = x * 3

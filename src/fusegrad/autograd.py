@@ -215,7 +215,10 @@ def run_backward(
                     t.grad = _retained(t.grad, g, handed)
             if node.versions is not None or node.out is not None:
                 _check_versions(node)
-            gs = node.op.vjp(node, g)
+            if create_graph and node.out is not None:
+                gs = _vjp_through_out(node, g)
+            else:
+                gs = node.op.vjp(node, g)
             for arg, edge, gi in zip(node.args, node.edges, gs):
                 if gi is None or edge is None:
                     continue
@@ -232,6 +235,18 @@ def run_backward(
     if not accumulate:
         return [leaf_grads.get(id(t)) for t in inputs]
     return None
+
+
+def _vjp_through_out(node: Node, g) -> tuple:
+    """The VJP of an op that reads its own output (tanh, exp, sqrt, ...), differentiable
+    through that output: the saved output is linked to its producer while the VJP records
+    (only then, so the node and its saved output do not keep each other alive)."""
+    out = node.out
+    out.requires_grad, out.grad_fn = True, node
+    try:
+        return node.op.vjp(node, g)
+    finally:
+        out.requires_grad, out.grad_fn = False, None
 
 
 def _retained(old, g, handed: set):

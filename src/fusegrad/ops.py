@@ -357,17 +357,46 @@ _ufunc_unary(
 _ufunc_unary("sin", "SinBackward0", np.sin, "sin({0})", lambda n, g: (g * n.args[0].cos(),))
 _ufunc_unary("cos", "CosBackward0", np.cos, "cos({0})", lambda n, g: (g * -n.args[0].sin(),))
 _ufunc_unary(
-    "tanh", "TanhBackward0", np.tanh, "tanh({0})", lambda n, g: (g * (1 - n.out * n.out),),
-    saves_out=True,
+    "tanh", "TanhBackward0", np.tanh, "tanh({0})",
+    lambda n, g: (call("tanh_backward", g, n.out),), saves_out=True,
 )
 _ufunc_unary(
     "sigmoid", "SigmoidBackward0", _sigmoid, "sigmoid({0})",
-    lambda n, g: (g * (n.out * (1 - n.out)),), saves_out=True,
+    lambda n, g: (call("sigmoid_backward", g, n.out),), saves_out=True,
 )
 _ufunc_unary(
     "relu", "ReluBackward0", lambda x: np.maximum(x, _ZERO[x.dtype]), "max({0}, 0)",
-    lambda n, g: (g * (n.out > 0),), "same", saves_out=True,
+    lambda n, g: (call("relu_backward", g, n.out),), "same", saves_out=True,
 )
+
+
+def _backward_op(name, grad_fn, rule, template, eager, dy):
+    """An op's backward as ONE op of the gradient g and the op's output y (as ATen's
+    tanh_backward): a traced backward records one node instead of a chain of them and their
+    scalars. ``template`` renders it from {g}, {y} and {c} (the compute dtype's cast), doing
+    the float32 operations of ``eager`` in its order; ``dy(g, y, gg)`` is its gradient in y."""
+
+    def lower(args, attrs, cast):
+        return template.format(g=args[0], y=args[1], c=cast)
+
+    def vjp(n, gg):
+        g, y = n.args
+        return (call(name, gg, y) if n.needs[0] else None), (dy(g, y, gg) if n.needs[1] else None)
+
+    body = dict(name=name, grad_fn=grad_fn, rule=rule, lower=staticmethod(lower),
+                eager=staticmethod(eager), vjp=vjp, __doc__=_backward_op.__doc__)
+    defop(type(grad_fn.replace("Backward0", ""), (Elementwise,), body))
+
+
+_backward_op("tanh_backward", "TanhBackwardBackward0", "float", "({g} * ({c}(1) - {y} * {y}))",
+             lambda g, y: g * (1 - y * y), lambda g, y, gg: gg * g * (y * -2.0))
+_backward_op("sigmoid_backward", "SigmoidBackwardBackward0", "float",
+             "({g} * ({y} * ({c}(1) - {y})))",
+             lambda g, y: g * (y * (1 - y)), lambda g, y, gg: gg * g * (1 - y * 2.0))
+_backward_op("relu_backward", "ThresholdBackwardBackward0", "same", "({g} * {c}({y} > 0))",
+             lambda g, y: g * (y > 0), lambda g, y, gg: gg * 0.0)  # zero in y, as ATen's
+
+
 _ufunc_unary("abs", "AbsBackward0", np.abs, "abs({0})", lambda n, g: (g * n.args[0].sign(),), "same")
 _ufunc_unary("sign", "SignBackward0", np.sign, "sign({0})", lambda n, g: (g * 0.0,), "same")
 _ufunc_unary(
