@@ -132,6 +132,20 @@ def depth_sequence(n: int) -> list[int]:
     return seq
 
 
+def _supervised_step(model, criterion, optimizer):
+    """The PyTorch training step the dynamic_net, small_mlp and mnist workloads measure (in
+    any library with PyTorch's API)."""
+
+    def step(x, y):
+        loss = criterion(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        return loss
+
+    return step
+
+
 def _linear_flops(n: int, fan_in: int, fan_out: int, input_grad: bool = True) -> float:
     """Forward matmul + weight grad (+ input grad): 2*n*in*out flops each."""
     return 2.0 * n * fan_in * fan_out * (3 if input_grad else 2)
@@ -172,15 +186,7 @@ def _dynamic_net_torch(tl: Any, init: Init, device: str = "cpu"):
     model = load_params(tl, model, init.params, device)
     criterion = tl.nn.MSELoss(reduction="sum")
     optimizer = tl.optim.SGD(model.parameters(), lr=hp["lr"], momentum=hp["momentum"])
-
-    def step(x, y):
-        loss = criterion(model(x), y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        return loss
-
-    return model, step
+    return model, _supervised_step(model, criterion, optimizer)
 
 
 def _dynamic_net_cost(s: dict[str, int], sched: Schedule) -> Cost:
@@ -232,15 +238,7 @@ def _small_mlp_torch(tl: Any, init: Init, device: str = "cpu"):
     model = load_params(tl, model, init.params, device)
     criterion = nn.MSELoss()
     optimizer = tl.optim.Adam(model.parameters(), lr=hp["lr"], betas=hp["betas"], eps=hp["eps"])
-
-    def step(x, y):
-        loss = criterion(model(x), y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        return loss
-
-    return model, step
+    return model, _supervised_step(model, criterion, optimizer)
 
 
 def _small_mlp_cost(s: dict[str, int], sched: Schedule) -> Cost:
@@ -361,15 +359,7 @@ def _mnist_torch(tl: Any, init: Init, device: str = "cpu"):
     model = load_params(tl, model, init.params, device)
     criterion = nn.CrossEntropyLoss()
     optimizer = tl.optim.SGD(model.parameters(), lr=hp["lr"], momentum=hp["momentum"])
-
-    def step(x, y):
-        loss = criterion(model(x), y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        return loss
-
-    return model, step
+    return model, _supervised_step(model, criterion, optimizer)
 
 
 def _mnist_cost(s: dict[str, int], sched: Schedule) -> Cost:

@@ -276,6 +276,21 @@ def _accumulate_leaf(leaf, g, handed: set, create_graph: bool):
         leaf.grad._inplace_update(leaf.grad + g, "AccumulateGrad")
 
 
+def zero_grads(params, set_to_none: bool) -> None:
+    """What Module.zero_grad and Optimizer.zero_grad do to each parameter: drop its .grad,
+    or (set_to_none=False) zero it in place, detached from any graph first."""
+    for p in params:
+        if p.grad is None:
+            continue
+        if set_to_none:
+            p.grad = None
+        else:
+            if p.grad.grad_fn is not None:
+                p.grad = p.grad.detach()
+            with no_grad():
+                p.grad.zero_()
+
+
 def _check_versions(node: Node):
     """PyTorch's saved-tensor check: an input or output that the VJP reads was changed in place
     after the op ran, so its gradient would be computed from the wrong values."""

@@ -108,12 +108,11 @@ def kernel_source(step: Step) -> tuple[str, str]:
     # the inner loop (measured 4.1 ms vs 0.9 ms for tanh over 1M float32, one thread). Rows
     # of rank >= 2 loops measured no better bound to row views (layernorm+gelu: 11.4 ms vs
     # 10.8 ms for the heavy loop), so they index the arguments.
-    sliced = blocks
     bind = []
 
     def at(arr: str, shape: tuple) -> str:
         ps = padded(shape, r)
-        if not sliced or ps[0] == 1 or loop[0] == 1:
+        if not blocks or ps[0] == 1 or loop[0] == 1:
             return f"{arr}[{_index(ps, loop)}]"
         bind.append(f"{arr}_r = {arr}[lo:lo + nn]")
         return f"{arr}_r[i0]"
@@ -189,7 +188,7 @@ def kernel_source(step: Step) -> tuple[str, str]:
             body.append(indent * 2 + f"lo = b * {BLOCK}")
             body.append(indent * 2 + f"nn = min({BLOCK}, n0 - lo)")
             level, last = 2, "nn"
-            body += [indent * level + line for line in dict.fromkeys(bind)]
+            body += [indent * level + line for line in bind]
         for d in range(outer):
             body.append(indent * level + loop_line(d, parallel and d == 0))
             level += 1

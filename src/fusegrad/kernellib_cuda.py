@@ -20,6 +20,7 @@ import numpy as np
 from numba import cuda
 
 from . import cuda as fg_cuda
+from . import kernellib as _cpu
 
 SIMULATOR = fg_cuda.is_simulator()
 # Launch sizes. The simulator runs each GPU thread as a Python thread, so it gets tiny blocks
@@ -32,6 +33,15 @@ TILE = 2 if SIMULATOR else 16  # matmul tile edge (TILE x TILE threads per block
 _dev = cuda.jit(device=True)
 _INF = math.inf
 _NAN = math.nan
+
+# float64 functions whose CPU bodies are plain math.* and need no guard: the same Python
+# compiled as device functions (runtime_cuda's kernel-cache key hashes kernellib.py too).
+tanh_f64 = _dev(_cpu.tanh_f64.py_func)
+erf_f64 = _dev(_cpu.erf_f64.py_func)
+gelu_f64 = _dev(_cpu.gelu_f64.py_func)
+gelu_grad_f64 = _dev(_cpu.gelu_grad_f64.py_func)
+sin_f64 = _dev(_cpu.sin_f64.py_func)
+cos_f64 = _dev(_cpu.cos_f64.py_func)
 
 
 def launch_1d(n: int) -> tuple[int, int]:
@@ -76,11 +86,6 @@ def tanh_f32(x):
 
 
 @_dev
-def tanh_f64(x):
-    return math.tanh(x)
-
-
-@_dev
 def sigmoid_f32(x):
     return np.float32(1.0 / (1.0 + _exp(-x)))
 
@@ -96,25 +101,8 @@ def erf_f32(x):
 
 
 @_dev
-def erf_f64(x):
-    return math.erf(x)
-
-
-@_dev
 def gelu_f32(x):
     return np.float32(0.5 * x * (1.0 + math.erf(x * 0.7071067811865476)))
-
-
-@_dev
-def gelu_f64(x):
-    return 0.5 * x * (1.0 + math.erf(x * 0.7071067811865476))
-
-
-@_dev
-def gelu_grad_f64(x):
-    return 0.5 * (1.0 + math.erf(x * 0.7071067811865476)) + x * (
-        math.exp(x * x * -0.5) * 0.3989422804014327
-    )
 
 
 @_dev
@@ -143,18 +131,8 @@ def sin_f32(x):
 
 
 @_dev
-def sin_f64(x):
-    return math.sin(x)
-
-
-@_dev
 def cos_f32(x):
     return np.float32(math.cos(x))
-
-
-@_dev
-def cos_f64(x):
-    return math.cos(x)
 
 
 @_dev

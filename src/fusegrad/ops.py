@@ -370,30 +370,37 @@ _ufunc_unary(
 )
 
 
-def _backward_op(name, grad_fn, rule, template, eager, dy):
-    """An op's backward as ONE op of the gradient g and the op's output y (as ATen's
-    tanh_backward): a traced backward records one node instead of a chain of them and their
-    scalars. ``template`` renders it from {g}, {y} and {c} (the compute dtype's cast), doing
-    the float32 operations of ``eager`` in its order; ``dy(g, y, gg)`` is its gradient in y."""
+def _backward_op(name, grad_fn, rule, template, eager, ds):
+    """An op's backward as ONE op of the gradient g and the value s its VJP reads (the op's
+    input x or output y), as ATen's gelu_backward and tanh_backward: a traced backward records
+    one node instead of a chain of them and their scalars, and a fused loop computes it in one
+    expression. ``template`` renders it from {g}, {s} and {c} (the compute dtype's cast),
+    doing the float32 operations of ``eager`` in its order; ``ds(g, s, gg)`` is its gradient
+    in s (its gradient in g is the op itself, applied to gg)."""
 
     def lower(args, attrs, cast):
-        return template.format(g=args[0], y=args[1], c=cast)
+        return template.format(g=args[0], s=args[1], c=cast)
 
     def vjp(n, gg):
-        g, y = n.args
-        return (call(name, gg, y) if n.needs[0] else None), (dy(g, y, gg) if n.needs[1] else None)
+        g, s = n.args
+        return (call(name, gg, s) if n.needs[0] else None), (ds(g, s, gg) if n.needs[1] else None)
 
     body = dict(name=name, grad_fn=grad_fn, rule=rule, lower=staticmethod(lower),
                 eager=staticmethod(eager), vjp=vjp, __doc__=_backward_op.__doc__)
     defop(type(grad_fn.replace("Backward0", ""), (Elementwise,), body))
 
 
-_backward_op("tanh_backward", "TanhBackwardBackward0", "float", "({g} * ({c}(1) - {y} * {y}))",
+# GELU's backward (erf, exp and ten multiplies) is one fused call of fastmath's gelu_grad;
+# d/dx (Phi + x phi) = phi * (2 - x^2).
+_backward_op("gelu_backward", "GeluBackwardBackward0", "float", "({g} * gelu_grad({s}))",
+             lambda g, x: g * _gelu_grad(x),
+             lambda g, x, gg: gg * g * ((x * x * -0.5).exp() * INV_SQRT_2PI * (2.0 - x * x)))
+_backward_op("tanh_backward", "TanhBackwardBackward0", "float", "({g} * ({c}(1) - {s} * {s}))",
              lambda g, y: g * (1 - y * y), lambda g, y, gg: gg * g * (y * -2.0))
 _backward_op("sigmoid_backward", "SigmoidBackwardBackward0", "float",
-             "({g} * ({y} * ({c}(1) - {y})))",
+             "({g} * ({s} * ({c}(1) - {s})))",
              lambda g, y: g * (y * (1 - y)), lambda g, y, gg: gg * g * (1 - y * 2.0))
-_backward_op("relu_backward", "ThresholdBackwardBackward0", "same", "({g} * {c}({y} > 0))",
+_backward_op("relu_backward", "ThresholdBackwardBackward0", "same", "({g} * {c}({s} > 0))",
              lambda g, y: g * (y > 0), lambda g, y, gg: gg * 0.0)  # zero in y, as ATen's
 
 
@@ -412,24 +419,6 @@ def _gelu_grad(x):
 
 
 _ufunc_unary("gelu", "GeluBackward0", _gelu, "gelu({0})", lambda n, g: (call("gelu_backward", g, n.args[0]),))
-
-
-@defop
-class GeluBackward(Elementwise):
-    """g * gelu'(x), GELU's backward as ONE op (as ATen's gelu_backward): in a kernel it is one
-    fused call, not erf + exp and ten multiplies."""
-
-    name, grad_fn, lower, rule = "gelu_backward", "GeluBackwardBackward0", "({0} * gelu_grad({1}))", "float"
-
-    @staticmethod
-    def eager(g, x):
-        return g * _gelu_grad(x)
-
-    def vjp(n, gg):
-        g, x = n.args  # d/dx (Phi + x phi) = phi * (2 - x^2)
-        gg_g = call("gelu_backward", gg, x) if n.needs[0] else None
-        gg_x = gg * g * ((x * x * -0.5).exp() * INV_SQRT_2PI * (2.0 - x * x)) if n.needs[1] else None
-        return gg_g, gg_x
 
 
 @defop
@@ -456,26 +445,28 @@ _compare("logical_and", np.logical_and, "and")
 _compare("logical_or", np.logical_or, "or")
 
 
+def _pick_vjp(a_wins):
+    """The VJP of maximum / minimum: the gradient goes to the winner; ties split it evenly,
+    as PyTorch does."""
+    def vjp(n, g):
+        a, b = n.args
+        w = a_wins(a, b) + (a == b) * 0.5
+        return (g * w if n.needs[0] else None), (g * (1.0 - w) if n.needs[1] else None)
+    return vjp
+
+
 @defop
 class Maximum(Elementwise):
     name, grad_fn, lower = "maximum", "MaximumBackward0", "max({0}, {1})"
     eager = staticmethod(np.maximum)
-
-    def vjp(n, g):  # ties split the gradient evenly, as PyTorch does
-        a, b = n.args
-        w = (a > b) + (a == b) * 0.5
-        return (g * w if n.needs[0] else None), (g * (1.0 - w) if n.needs[1] else None)
+    vjp = _pick_vjp(lambda a, b: a > b)
 
 
 @defop
 class Minimum(Elementwise):
     name, grad_fn, lower = "minimum", "MinimumBackward0", "min({0}, {1})"
     eager = staticmethod(np.minimum)
-
-    def vjp(n, g):
-        a, b = n.args
-        w = (a < b) + (a == b) * 0.5
-        return (g * w if n.needs[0] else None), (g * (1.0 - w) if n.needs[1] else None)
+    vjp = _pick_vjp(lambda a, b: a < b)
 
 
 @defop

@@ -128,17 +128,8 @@ class Optimizer:
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Drop every ``.grad`` (default), or zero it in place with ``set_to_none=False``."""
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                if set_to_none:
-                    p.grad = None
-                else:
-                    if p.grad.grad_fn is not None:
-                        p.grad = p.grad.detach()
-                    with fusegrad.no_grad():
-                        p.grad.zero_()
+        fusegrad.autograd.zero_grads(chain.from_iterable(g["params"] for g in self.param_groups),
+                                     set_to_none)
 
     def step(self, closure: Callable | None = None):
         raise NotImplementedError

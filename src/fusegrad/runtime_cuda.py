@@ -30,8 +30,11 @@ from .trace import Graph, Node, _freeze
 
 def _prelude() -> str:
     here = os.path.dirname(os.path.abspath(__file__))
-    with open(os.path.join(here, "kernellib_cuda.py"), "rb") as f:
-        lib = hashlib.sha256(f.read()).hexdigest()[:16]
+    h = hashlib.sha256()
+    for name in ("kernellib_cuda.py", "kernellib.py"):  # the CUDA library reuses CPU bodies
+        with open(os.path.join(here, name), "rb") as f:
+            h.update(f.read())
+    lib = h.hexdigest()[:16]
     return (
         f"# fusegrad cuda kernel library {lib}\n"
         "import math\nimport numpy as np\nimport numba\nfrom numba import cuda\n"
@@ -108,17 +111,10 @@ class Executable:
                              _FirstLaunch, verify)
 
     def run(self, arrays: list, scalars: list):
-        if not self.first:
-            out = self.fn(arrays, scalars, self.B)
+        if self.first:
+            out = runtime.first_run(self, arrays, scalars)
         else:
-            t0 = time.perf_counter()
-            try:
-                out = self.fn(arrays, scalars, self.B)
-            finally:
-                for disp, name, _, _ in self.kernels.values():
-                    self.env[name] = disp
-                self.first = False
-            self.stats.compile_seconds += time.perf_counter() - t0
+            out = self.fn(arrays, scalars, self.B)
         if self.verify:  # compiled.py compares host copies of every value with eager mode
             env, out = out
             host = {
