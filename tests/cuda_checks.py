@@ -55,6 +55,37 @@ def _inputs(sample, device: str, requires_grad: bool = False) -> list:
 
 
 # ----------------------------------------------------------------------------- device tensors
+@pytest.mark.skipif(not fusegrad.cuda.is_simulator(), reason="a fix for Numba's simulator")
+def test_simulated_block_threads_share_one_shared_array(monkeypatch):
+    """The simulator's shared-array lookup is racy (two threads of a block could each get their
+    own uninitialised array: block reductions read garbage about once in forty runs);
+    fusegrad.cuda locks it. A slow allocation opens the window wide for every thread."""
+    import threading
+    import time
+
+    from numba.cuda.simulator.kernelapi import FakeCUDAShared
+
+    real_empty = np.empty
+
+    def slow_empty(*a, **k):
+        time.sleep(0.002)
+        return real_empty(*a, **k)
+
+    monkeypatch.setattr(np, "empty", slow_empty)
+    shared, start, got = FakeCUDAShared(0), threading.Barrier(8), []
+
+    def thread():
+        start.wait()
+        got.append(shared.array(4, np.float32))  # one call site: one array per block
+
+    threads = [threading.Thread(target=thread) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(got) == 8 and all(a is got[0] for a in got)
+
+
 def test_device_tensors_creation_copies_and_metadata():
     a = np.arange(6, dtype=np.float32).reshape(2, 3)
     t = fusegrad.tensor(a)

@@ -32,6 +32,8 @@ def _driver():
 
         if cuda.is_available():
             driver = cuda
+            if numba.core.config.ENABLE_CUDASIM:
+                _lock_simulated_shared_arrays()
         else:
             why = "numba-cuda is installed but finds no CUDA GPU or driver"
     except ImportError as e:
@@ -40,6 +42,42 @@ def _driver():
         why = f"numba.cuda failed to initialise: {type(e).__name__}: {e}"
     _STATE["driver"], _STATE["why"] = driver, why
     return driver
+
+
+def _lock_simulated_shared_arrays() -> None:
+    """The simulator hands every thread of a block the block's shared array from a dict it
+    fills on first use, keyed by the calling line, without a lock: two threads can both miss and
+    each get its own uninitialised array, so a block reduction reads garbage now and then
+    (numba-cuda 0.30; about one run in forty of the CUDA training checks). This is the same
+    lookup under a lock (and with the caller's frame instead of a whole extracted stack)."""
+    import sys
+    import threading
+
+    import numpy as np
+    from numba.core import types
+    from numba.cuda.simulator import kernelapi
+    from numba.np import numpy_support
+
+    shared = kernelapi.FakeCUDAShared
+    if getattr(shared.array, "fusegrad_locked", False):
+        return
+    unlocked, lock = shared.array, threading.Lock()
+
+    def array(self, shape, dtype, alignment=None):
+        if alignment is not None or shape == 0:  # errors and dynamic shared memory: as before
+            return unlocked(self, shape, dtype, alignment)
+        f = sys._getframe(1)
+        caller = (f.f_code.co_filename, f.f_lineno)
+        with lock:
+            res = self._allocations.get(caller)
+            if res is None:
+                if isinstance(dtype, types.Type):
+                    dtype = numpy_support.as_dtype(dtype)
+                res = self._allocations[caller] = np.empty(shape, dtype)
+        return res
+
+    array.fusegrad_locked = True
+    shared.array = array
 
 
 def is_available() -> bool:
