@@ -222,7 +222,7 @@ def run_backward(
             for arg, edge, gi in zip(node.args, node.edges, gs):
                 if gi is None or edge is None:
                     continue
-                if gi.shape != arg.shape:
+                if gi._s.v.shape != arg._s.v.shape:  # raw shapes: no Size objects per edge
                     gi = _sum_to(gi, arg.shape)
                 if gi.dtype is not arg.dtype:
                     gi = gi.to(arg.dtype)

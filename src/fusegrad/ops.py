@@ -44,6 +44,7 @@ def defop(cls):
     if fn is not None and not isinstance(fn, staticmethod):
         cls.vjp = staticmethod(fn)  # vjp(n, g): the node is its context, not self
     op = cls()
+    op.may_alias = op.kind == "view" or cls.aliases is not Op.aliases  # skip the call if never
     op.plans = {}  # eager dispatch: input dtypes -> (casts, output dtype), see tensor._eager
     assert op.name not in REGISTRY, op.name
     REGISTRY[op.name] = op

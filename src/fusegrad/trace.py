@@ -154,12 +154,6 @@ class Tracer:
         self.mutated = {k: (s, g.nodes[n.id]) for k, (s, n) in self.mutated.items()}
         self.exp = g
 
-    def _next(self) -> Node | None:
-        """The followed graph's node at this position."""
-        nodes = self.exp.nodes
-        i = len(self.nodes)
-        return nodes[i] if i < len(nodes) else None
-
     # ---- recording
     def _input(self, store) -> Node:
         n = self.by_store.get(id(store))
@@ -167,8 +161,10 @@ class Tracer:
             arr = store.v
             dtype = T._NP2FG[arr.dtype]
             cuda = type(arr) is CudaArray
-            if self.exp is not None:
-                n = self._next()
+            exp = self.exp
+            if exp is not None:
+                i = len(self.nodes)
+                n = exp.nodes[i] if i < len(exp.nodes) else None
                 if n is None or not _is_input(n, arr.shape, dtype, cuda):
                     n = self._diverged(lambda e: _is_input(e, arr.shape, dtype, cuda))
             if n is None:
@@ -187,8 +183,10 @@ class Tracer:
     def _scalar(self, value) -> Node:
         kind = type(value).__name__
         n = None
-        if self.exp is not None:
-            n = self._next()
+        exp = self.exp
+        if exp is not None:
+            i = len(self.nodes)
+            n = exp.nodes[i] if i < len(exp.nodes) else None
             if n is None or n.op != "scalar" or n.attrs["type"] != kind:
                 n = self._diverged(lambda e: e.op == "scalar" and e.attrs["type"] == kind)
         if n is None:
@@ -201,8 +199,12 @@ class Tracer:
 
     def node_of(self, a):
         if isinstance(a, T.Tensor):
-            v = a._s.v
-            return v if type(v) is Node else self._input(a._s)
+            store = a._s
+            v = store.v
+            if type(v) is Node:
+                return v
+            n = self.by_store.get(id(store))
+            return n if n is not None else self._input(store)
         if isinstance(a, (bool, int, float)):
             return self._scalar(a)
         if isinstance(a, np.number):
@@ -210,11 +212,17 @@ class Tracer:
         raise TypeError(f"fusegrad.compile: cannot trace an argument of type {type(a).__name__}")
 
     def record(self, op, args, attrs):
-        n = self._node(op, tuple([self.node_of(a) for a in args]), attrs)
-        store = T.Store(n)
+        node_of = self.node_of
+        if len(args) == 1:
+            ins = (node_of(args[0]),)
+        elif len(args) == 2:
+            ins = (node_of(args[0]), node_of(args[1]))
+        else:
+            ins = tuple([node_of(a) for a in args])
+        store = T.Store(self._node(op, ins, attrs))
         ref = weakref.ref(store)
         self.live.append(ref)
-        if op.aliases(attrs):  # an in-place write to the base re-derives the view
+        if op.may_alias and op.aliases(attrs):  # an in-place write to the base re-derives the view
             base = args[0]._s  # (ids of dead stores get reused: the entry checks its base)
             self.views.setdefault(id(base), []).append((weakref.ref(base), ref, op, args[1:], attrs))
         return T._wrap_store(store)
@@ -222,8 +230,10 @@ class Tracer:
     def _node(self, op, ins: tuple, attrs: dict) -> Node:
         """The node of op on ins: the followed graph's, or a new one (shape rule, source line)."""
         n = None
-        if self.exp is not None:
-            n = self._next()
+        exp = self.exp
+        if exp is not None:
+            i = len(self.nodes)
+            n = exp.nodes[i] if i < len(exp.nodes) else None
             if n is None or not _is_op(n, op, ins, attrs):
                 n = self._diverged(lambda e: _is_op(e, op, ins, attrs))
         if n is None:
@@ -241,25 +251,31 @@ class Tracer:
 
     def record_update(self, op, args, attrs):
         """A multi-tensor in-place update: one node, then one alias node per written tensor."""
-        written = op.written_tensors(args, attrs)
-        for k, t in enumerate(written):
-            v = t._s.v
+        width = len(op.tensors)
+        written = [k * width + j for k in range(attrs["n"]) for j in op.writes(attrs)]
+        for k in written:
+            v = args[k]._s.v
             if type(v) is np.ndarray and not v.flags.c_contiguous:
                 raise ValueError(
-                    f"tensor {k} written in place has strides {v.strides} (shape {v.shape}): "
-                    f"a compiled update needs contiguous tensors; make it contiguous once, "
-                    f"outside the compiled step"
+                    f"the {op.tensors[k % width]} of parameter {k // width} is written "
+                    f"in place but has strides {v.strides} (shape {v.shape}); a compiled update "
+                    f"needs contiguous tensors: make it contiguous once, outside the compiled step"
                 )
-        token = self._node(op, tuple([self.node_of(a) for a in args]), attrs)
+        ins = tuple([self.node_of(a) for a in args])
+        token = self._node(op, ins, attrs)
         updated = ops.REGISTRY["updated"]
-        for t in written:
-            self._write(t._s, self._node(updated, (token, self.node_of(t)), _NO_ATTRS))
+        for k in written:
+            store = args[k]._s
+            v = store.v  # the value node_of gives: written already in this loop, or as bound
+            node = self._node(updated, (token, v if type(v) is Node else ins[k]), _NO_ATTRS)
+            self._write(store, node, None if type(v) is Node else ins[k])
 
     def assign(self, store, src_store):
         """An in-place write (optimizer update, grad accumulation) to a store."""
         self._write(store, src_store.v)
 
-    def _write(self, store, node: Node):
+    def _write(self, store, node: Node, bound: Node | None = None):
+        """store.v = node, noting the write; bound: store's input node, if the caller has it."""
         v = store.v
         if type(v) is Node and v.op not in ("input", "scalar") and v.op.aliases(v.attrs):
             raise RuntimeError(
@@ -269,7 +285,7 @@ class Tracer:
                 f"original tensor (at {user_line()})"
             )
         if type(v) is not Node:
-            self.mutated[id(store)] = (store, self._input(store))
+            self.mutated[id(store)] = (store, bound or self._input(store))
         elif id(store) not in self.mutated:
             self.live.append(weakref.ref(store))
         store.v = node
