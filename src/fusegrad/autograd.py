@@ -226,7 +226,12 @@ def run_backward(
                     gi = _sum_to(gi, arg.shape)
                 if gi.dtype is not arg.dtype:
                     gi = gi.to(arg.dtype)
-                deliver(edge, gi)
+                if isinstance(edge, Node):  # deliver(edge, gi), inlined for the usual edge
+                    k = id(edge)
+                    acc = grads.get(k)
+                    grads[k] = gi if acc is None else acc + gi
+                else:
+                    deliver(edge, gi)
             if not retain_graph:
                 node.args = None
                 node.out = None
@@ -294,18 +299,21 @@ def zero_grads(params, set_to_none: bool) -> None:
 def _check_versions(node: Node):
     """PyTorch's saved-tensor check: an input or output that the VJP reads was changed in place
     after the op ran, so its gradient would be computed from the wrong values."""
-    saved = list(zip(node.args, node.versions or ()))
-    if node.out is not None:
-        saved.append((node.out, 0))  # a saved output is a fresh tensor: version 0
-    for a, v in saved:
-        if v is not None and a._s.version != v:
-            what = "an output" if a is node.out else "an input"
-            raise RuntimeError(
-                "one of the variables needed for gradient computation has been modified by an "
-                f"inplace operation: [{a.dtype} {list(a.shape)}], which is {what} of "
-                f"{node.name()}, is at version {a._s.version}; expected version {v} instead "
-                f"(at {user_line()})"
-            )
+    if node.versions is not None:
+        for a, v in zip(node.args, node.versions):
+            if v is not None and a._s.version != v:
+                raise _version_error(node, a, v, "an input")
+    if node.out is not None and node.out._s.version != 0:  # a saved output starts at version 0
+        raise _version_error(node, node.out, 0, "an output")
+
+
+def _version_error(node: Node, a, v: int, what: str) -> RuntimeError:
+    return RuntimeError(
+        "one of the variables needed for gradient computation has been modified by an "
+        f"inplace operation: [{a.dtype} {list(a.shape)}], which is {what} of "
+        f"{node.name()}, is at version {a._s.version}; expected version {v} instead "
+        f"(at {user_line()})"
+    )
 
 
 def grad(
