@@ -323,6 +323,16 @@ def test_matmul_float64_and_int64():
 
 
 # ----------------------------------------------------------------------------- training steps
+def _run_steps(fn, x, y, steps: int) -> tuple[list, list]:
+    """Each step's loss (one item() each) and the host <-> device copies the step made."""
+    losses, transfers = [], []
+    for _ in range(steps):
+        before = dict(device_array.TRANSFERS)
+        losses.append(fn(x, y).item())
+        transfers.append({k: device_array.TRANSFERS[k] - before[k] for k in before})
+    return losses, transfers
+
+
 def _mlp_run(device: str, compiled: bool, make_opt, steps: int = 3):
     fusegrad.manual_seed(0)
     model = nn.Sequential(nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 3))
@@ -341,11 +351,7 @@ def _mlp_run(device: str, compiled: bool, make_opt, steps: int = 3):
     x = fusegrad.tensor(r.standard_normal((6, 5)).astype(np.float32), device=device)
     y = fusegrad.tensor(r.standard_normal((6, 3)).astype(np.float32), device=device)
     fn = fusegrad.compile(step, backend="auto") if compiled else step
-    losses, transfers = [], []
-    for _ in range(steps):
-        before = dict(device_array.TRANSFERS)
-        losses.append(fn(x, y).item())
-        transfers.append({k: device_array.TRANSFERS[k] - before[k] for k in before})
+    losses, transfers = _run_steps(fn, x, y, steps)
     return losses, model, opt, fn, transfers
 
 
@@ -671,11 +677,7 @@ def _classifier_run(device: str, compiled: bool, gather: bool, steps: int = 3):
     x = fusegrad.tensor(r.standard_normal((4, 5)).astype(np.float32), device=device)
     y = fusegrad.tensor(np.array([0, 2, 1, 2]), device=device)
     fn = fusegrad.compile(step, backend="auto") if compiled else step
-    losses, transfers = [], []
-    for _ in range(steps):
-        before = dict(device_array.TRANSFERS)
-        losses.append(fn(x, y).item())
-        transfers.append({k: device_array.TRANSFERS[k] - before[k] for k in before})
+    losses, transfers = _run_steps(fn, x, y, steps)
     return losses, model, fn, transfers
 
 

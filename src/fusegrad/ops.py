@@ -1095,9 +1095,13 @@ class Update(Op):
         """Indices (into one parameter's tensors) written back in place."""
         raise NotImplementedError
 
-    def written_tensors(self, args: tuple, attrs: dict) -> list:
+    def written(self, attrs: dict) -> list[int]:
+        """Positions in the op's arguments of the tensors written back in place."""
         t = len(self.tensors)
-        return [args[k * t + j] for k in range(attrs["n"]) for j in self.writes(attrs)]
+        return [k * t + j for k in range(attrs["n"]) for j in self.writes(attrs)]
+
+    def written_tensors(self, args: tuple, attrs: dict) -> list:
+        return [args[k] for k in self.written(attrs)]
 
     def split(self, args: tuple, n: int) -> tuple[list, tuple, list]:
         """(per-parameter tensor tuples, shared scalars, per-parameter scalar tuples)."""

@@ -1426,14 +1426,18 @@ def full(shape, fill_value, dtype=None, device=None, requires_grad=False) -> Ten
                  value)
 
 
+def _like(make, t: Tensor, dtype, requires_grad: bool, device, *extra) -> Tensor:
+    """make(t's shape, *extra) with t's dtype and device unless given: every *_like."""
+    return make(tuple(t.shape), *extra, dtype=dtype or t.dtype, requires_grad=requires_grad,
+                device=device or t.device)
+
+
 def zeros_like(t: Tensor, dtype=None, requires_grad=False, device=None) -> Tensor:
-    return zeros(tuple(t.shape), dtype=dtype or t.dtype, requires_grad=requires_grad,
-                 device=device or t.device)
+    return _like(zeros, t, dtype, requires_grad, device)
 
 
 def ones_like(t: Tensor, dtype=None, requires_grad=False, device=None) -> Tensor:
-    return ones(tuple(t.shape), dtype=dtype or t.dtype, requires_grad=requires_grad,
-                device=device or t.device)
+    return _like(ones, t, dtype, requires_grad, device)
 
 
 def empty_like(t: Tensor, dtype=None, requires_grad=False, device=None) -> Tensor:
@@ -1441,8 +1445,7 @@ def empty_like(t: Tensor, dtype=None, requires_grad=False, device=None) -> Tenso
 
 
 def full_like(t: Tensor, fill_value, dtype=None, requires_grad=False, device=None) -> Tensor:
-    return full(tuple(t.shape), fill_value, dtype=dtype or t.dtype, requires_grad=requires_grad,
-                device=device or t.device)
+    return _like(full, t, dtype, requires_grad, device, fill_value)
 
 
 def eye(n: int, m: int | None = None, dtype=None, requires_grad=False, device=None) -> Tensor:
@@ -1525,13 +1528,11 @@ def randint(low, high=None, size=None, dtype=None, device=None, generator=None) 
 
 
 def rand_like(t: Tensor, dtype=None, requires_grad=False, device=None) -> Tensor:
-    return rand(tuple(t.shape), dtype=dtype or t.dtype, requires_grad=requires_grad,
-                device=device or t.device)
+    return _like(rand, t, dtype, requires_grad, device)
 
 
 def randn_like(t: Tensor, dtype=None, requires_grad=False, device=None) -> Tensor:
-    return randn(tuple(t.shape), dtype=dtype or t.dtype, requires_grad=requires_grad,
-                 device=device or t.device)
+    return _like(randn, t, dtype, requires_grad, device)
 
 
 # --------------------------------------------------------------------------- functions

@@ -154,6 +154,12 @@ class Tracer:
         self.mutated = {k: (s, g.nodes[n.id]) for k, (s, n) in self.mutated.items()}
         self.exp = g
 
+    def _next(self) -> Node | None:
+        """The followed graph's node at this position."""
+        nodes = self.exp.nodes
+        i = len(self.nodes)
+        return nodes[i] if i < len(nodes) else None
+
     # ---- recording
     def _input(self, store) -> Node:
         n = self.by_store.get(id(store))
@@ -161,10 +167,8 @@ class Tracer:
             arr = store.v
             dtype = T._NP2FG[arr.dtype]
             cuda = type(arr) is CudaArray
-            exp = self.exp
-            if exp is not None:
-                i = len(self.nodes)
-                n = exp.nodes[i] if i < len(exp.nodes) else None
+            if self.exp is not None:
+                n = self._next()
                 if n is None or not _is_input(n, arr.shape, dtype, cuda):
                     n = self._diverged(lambda e: _is_input(e, arr.shape, dtype, cuda))
             if n is None:
@@ -183,10 +187,8 @@ class Tracer:
     def _scalar(self, value) -> Node:
         kind = type(value).__name__
         n = None
-        exp = self.exp
-        if exp is not None:
-            i = len(self.nodes)
-            n = exp.nodes[i] if i < len(exp.nodes) else None
+        if self.exp is not None:
+            n = self._next()
             if n is None or n.op != "scalar" or n.attrs["type"] != kind:
                 n = self._diverged(lambda e: e.op == "scalar" and e.attrs["type"] == kind)
         if n is None:
@@ -230,10 +232,8 @@ class Tracer:
     def _node(self, op, ins: tuple, attrs: dict) -> Node:
         """The node of op on ins: the followed graph's, or a new one (shape rule, source line)."""
         n = None
-        exp = self.exp
-        if exp is not None:
-            i = len(self.nodes)
-            n = exp.nodes[i] if i < len(exp.nodes) else None
+        if self.exp is not None:
+            n = self._next()
             if n is None or not _is_op(n, op, ins, attrs):
                 n = self._diverged(lambda e: _is_op(e, op, ins, attrs))
         if n is None:
@@ -252,7 +252,7 @@ class Tracer:
     def record_update(self, op, args, attrs):
         """A multi-tensor in-place update: one node, then one alias node per written tensor."""
         width = len(op.tensors)
-        written = [k * width + j for k in range(attrs["n"]) for j in op.writes(attrs)]
+        written = op.written(attrs)
         for k in written:
             v = args[k]._s.v
             if type(v) is np.ndarray and not v.flags.c_contiguous:
@@ -266,9 +266,8 @@ class Tracer:
         updated = ops.REGISTRY["updated"]
         for k in written:
             store = args[k]._s
-            v = store.v  # the value node_of gives: written already in this loop, or as bound
-            node = self._node(updated, (token, v if type(v) is Node else ins[k]), _NO_ATTRS)
-            self._write(store, node, None if type(v) is Node else ins[k])
+            bound = None if type(store.v) is Node else ins[k]  # else written earlier in this loop
+            self._write(store, self._node(updated, (token, bound or store.v), _NO_ATTRS), bound)
 
     def assign(self, store, src_store):
         """An in-place write (optimizer update, grad accumulation) to a store."""
