@@ -160,8 +160,14 @@ def run_backward(
 
     With accumulate=False, returns the gradients of ``inputs`` instead of writing ``.grad``.
     """
-    from .tensor import Tensor  # autograd sits below tensor; only the engine needs the class
+    from .tensor import tracer  # autograd sits below tensor; only the engine needs it
 
+    tr = tracer()
+    memo = None
+    if tr is not None and not create_graph and inputs is None and accumulate:
+        memo = tr.backward_start(tensors, grad_tensors, retain_graph)
+        if memo is None:  # replayed: this call's graph and autograd structure were seen before
+            return None
     grads: dict[int, object] = {}
     roots = []
     leaf_grads: dict[int, object] = {}
@@ -237,9 +243,44 @@ def run_backward(
                 node.out = None
     finally:
         GRAD[0] = prev
+    if memo is not None:
+        tr.backward_end(memo, tensors)
     if not accumulate:
         return [leaf_grads.get(id(t)) for t in inputs]
     return None
+
+
+def structure(made: list) -> tuple:
+    """What a traced backward depends on beyond the graph recorded so far: each autograd node
+    made while tracing (``made``: (weakref, graph node id) in creation order) with its graph
+    node, whether it was freed or retains its grad, and where each edge goes: an earlier node
+    of ``made`` (its position), a leaf (``~`` its number in order of first use), nowhere
+    (None), or a node made elsewhere (-1). Returns (description, nodes, leaves, position by id).
+    """
+    pos: dict[int, int] = {}
+    leaf_no: dict[int, int] = {}
+    nodes, leaves, desc = [], [], []
+    for k, (ref, gid) in enumerate(made):
+        n = ref()
+        nodes.append(n)
+        if n is None:
+            desc.append(None)
+            continue
+        pos[id(n)] = k
+        codes = [gid, n.args is None, n.retain is None]
+        for e in n.edges:
+            if e is None:
+                codes.append(None)
+            elif type(e) is Node:
+                codes.append(pos.get(id(e), -1))
+            else:
+                j = leaf_no.get(id(e))
+                if j is None:
+                    j = leaf_no[id(e)] = len(leaves)
+                    leaves.append(e)
+                codes.append(~j)
+        desc.append(tuple(codes))
+    return tuple(desc), nodes, leaves, pos
 
 
 def _vjp_through_out(node: Node, g) -> tuple:

@@ -31,6 +31,7 @@ class Stats:
     kernels_compiled: int = 0
     kernel_hits: int = 0
     graph_breaks: int = 0
+    backward_replays: int = 0
     compile_seconds: float = 0.0
     trace_seconds: float = 0.0
     run_seconds: float = 0.0
@@ -104,6 +105,7 @@ class CompiledFunction:
         tracer.final = True
         tracer.realize()
         self._last_run = tracer.ran
+        self.stats.backward_replays += tracer.replayed
         spent = time.perf_counter() - t0
         self.stats.trace_seconds += spent - (self.stats.compile_seconds - c0) - (self.stats.run_seconds - r0)
         return out

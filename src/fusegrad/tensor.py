@@ -233,6 +233,7 @@ def apply(op, args: tuple, attrs: dict) -> Tensor:
     """Run (eager) or record (traced) one op, and attach its autograd node."""
     tr = TRACER[0]
     if tr is None or TRACER.owner != _get_ident():
+        tr = None
         out = _eager(op, args, attrs)
     else:
         try:
@@ -244,8 +245,16 @@ def apply(op, args: tuple, attrs: dict) -> Tensor:
             if isinstance(a, Tensor) and a.requires_grad:
                 if out.dtype.is_floating_point:
                     _record(op, args, attrs, out)
+                    if tr is not None:  # what a remembered backward is checked against
+                        tr.made.append((weakref.ref(out.grad_fn), out._s.v.id))
                 break
     return out
+
+
+def tracer():
+    """The tracer recording this thread's ops, or None (eager)."""
+    tr = TRACER[0]
+    return tr if tr is not None and TRACER.owner == _get_ident() else None
 
 
 def _record(op, args: tuple, attrs: dict, out: Tensor) -> None:
@@ -1309,7 +1318,8 @@ def _default_grads(outputs, grads) -> list:
                     f"grad can be implicitly created only for scalar outputs (output has shape "
                     f"{tuple(t.shape)}, at {user_line()})"
                 )
-            g = ones_like(t)
+            # no device lookup (a walk of the traced graph) while CUDA was never used
+            g = ones_like(t) if _device.USED[0] else _wrap(np.ones(t._s.v.shape, t.dtype.np))
         elif not isinstance(g, Tensor):
             g = tensor(g, dtype=t.dtype)
         elif tuple(g.shape) != tuple(t.shape):

@@ -13,12 +13,13 @@ test: what the user can still see) plus every realized tensor that was written i
 
 from __future__ import annotations
 
+import math
 import os
 import weakref
 
 import numpy as np
 
-from . import ops, tensor as T
+from . import autograd, ops, tensor as T
 from .device_array import CudaArray
 from .errors import user_line, user_site
 
@@ -54,6 +55,7 @@ class Graph:
         self.outputs = outputs  # node ids the caller gets arrays for
         self.mutations = mutations  # (input node id, value node id): write value into input
         self.key = key
+        self.replays: dict[int, list] = {}  # node position -> Replays of a backward begun there
 
     def format(self, title: str = "graph") -> str:
         """The graph as readable IR, one node a line, with the user's source lines."""
@@ -74,6 +76,47 @@ class Graph:
         for dst, src in self.mutations:
             lines.append(f"  write! %{dst} <- %{src}")
         return "\n".join(lines)
+
+
+class Replay:
+    """What one traced backward did, for a later call to do again without the engine.
+
+    A backward records the same nodes, scalars and gradient writes whenever the graph recorded
+    before it, the autograd structure (``autograd.structure``), the state of the gradients it
+    reads and the forward's scalar values (VJP rules compute scalars from them) are the same:
+    ``context`` and ``pre`` hold those; the rest is what to do again.
+    """
+
+    __slots__ = ("context", "pre", "zeros", "end", "sources", "special", "new_grads", "writes", "freed")
+
+    def __init__(self, context, pre: list, end: int, sources: list, special: list, new_grads: list,
+                 writes: list, freed: tuple):
+        self.context = context
+        self.pre = pre  # the scalar values recorded before the backward
+        self.zeros = [(k, math.copysign(1.0, v)) for k, v in enumerate(pre) if v == 0 and type(v) is float]
+        self.end = end  # the node position after the backward
+        self.sources = sources  # per input node: a root's gradient (k >= 0) or a leaf's .grad (~leaf)
+        self.special = special  # (position, is input, value) of its input and scalar nodes
+        self.new_grads = new_grads  # (leaf, node id, store version) of each fresh .grad
+        self.writes = writes  # (leaf, node id, version bump) of each .grad written in place
+        self.freed = freed  # positions in Tracer.made of the autograd nodes the backward freed
+
+    def matches(self, context, scalars: list) -> bool:
+        return (self.context == context and self.pre == scalars
+                and all(math.copysign(1.0, scalars[k]) == s for k, s in self.zeros))
+
+
+class _Started:
+    """The state before an engine-run backward that backward_end compares against."""
+
+    def __init__(self, tracer, context, nodes, leaves, grads):
+        self.i = len(tracer.nodes)
+        self.context, self.nodes, self.leaves, self.grads = context, nodes, leaves, grads
+        self.old = [leaf._grad for leaf in leaves]
+        self.values = [g._s.v for g in grads] + [g if g is None else g._s.v for g in self.old]
+        self.versions = [g if g is None else g._s.version for g in self.old]
+        self.sizes = (len(tracer.scalars), len(tracer.arrays), len(tracer.live), len(tracer.mutated),
+                      len(tracer.ran))
 
 
 class Signature:
@@ -109,6 +152,7 @@ class Tracer:
         self.known = {} if known is None or verify else known
         self.hints = hints  # the graphs the previous call ran, in order (one per graph break)
         self.ran: list = []  # the graphs this call ran
+        self.replayed = 0  # backwards replayed (stats.backward_replays)
         self._reset()
 
     def _reset(self):
@@ -122,6 +166,8 @@ class Tracer:
         self.mutated: dict[int, tuple] = {}  # id(store) -> (store, input node)
         self.views: dict[int, list] = {}  # id(base store) -> [(weakref to view store, op, ...)]
         self.exp = None  # the known graph being followed: what the last call ran at this point
+        self.made: list = []  # (weakref, graph node id) of each autograd node made meanwhile
+        self.replays: list = []  # (position, Replay) of the backwards recorded meanwhile
         if self.known:
             seg = len(self.ran)
             hint = self.hints[seg] if seg < len(self.hints) else None
@@ -298,6 +344,136 @@ class Tracer:
                 view.v = self._node(op, (node, *[self.node_of(a) for a in rest]), attrs)
                 self._rederive_views(view, view.v)
 
+    # ---- backward: replayed when seen before, else run by the engine and remembered
+    def backward_start(self, tensors, grads, retain_graph: bool):
+        """Replay the backward of ``tensors`` (returns None) or return what backward_end needs
+        to remember the backward the engine is about to record."""
+        desc, nodes, leaves, pos = autograd.structure(self.made)
+        roots = tuple(pos.get(id(t.grad_fn), -1) for t in tensors)
+        states = tuple(self._grad_state(g) for g in grads)
+        states += tuple(self._grad_state(leaf._grad) for leaf in leaves)
+        context = (desc, roots, states, retain_graph)
+        if self.exp is not None:
+            r = self._find_replay(len(self.nodes), context)
+            if r is not None and self._replay(r, grads, nodes, leaves, retain_graph):
+                self.replayed += 1
+                return None
+        return _Started(self, context, nodes, leaves, grads)
+
+    def _grad_state(self, g):
+        """What the backward's use of a gradient (a root's, or a leaf's .grad) depends on."""
+        if g is None:
+            return None
+        s = g._s
+        if g.grad_fn is not None or id(s) in self.views:
+            return _NEVER  # a differentiable or viewed .grad: the engine always runs
+        v = s.v
+        if type(v) is Node:
+            return v.id
+        bound = self.by_store.get(id(s))
+        return (bound.id if bound is not None else -1, v.shape, v.dtype, type(v))
+
+    def _find_replay(self, i: int, context) -> Replay | None:
+        """A Replay of the followed graph (or of another known graph with the same prefix,
+        which is then followed) that matches this backward."""
+        for r in self.exp.replays.get(i, ()):
+            if r.matches(context, self.scalars):
+                return r
+        prefix = self.exp.key.t[0][:i]
+        for other in reversed(self.known.values()):
+            g = other.graph
+            if g is self.exp or i not in g.replays or g.key.t[0][:i] != prefix:
+                continue
+            for r in g.replays[i]:
+                if r.matches(context, self.scalars):
+                    self._switch(g)
+                    return r
+        return None
+
+    def _replay(self, r: Replay, grads, nodes, leaves, retain_graph: bool) -> bool:
+        stores = [grads[k]._s if k >= 0 else leaves[~k]._grad._s for k in r.sources]
+        if len({id(s) for s in stores}) != len(stores):
+            return False  # one tensor is two of the gradients now: the engine binds it once
+        for n in nodes:  # PyTorch's saved-tensor checks: on a failure the engine raises
+            if n is not None and n.args is not None and (n.versions is not None or n.out is not None):
+                try:
+                    autograd._check_versions(n)
+                except RuntimeError:
+                    return False
+        exp = self.exp
+        known, at = exp.nodes, len(self.nodes)
+        stores = iter(stores)
+        for k, is_input, v in r.special:
+            self.nodes += known[at:k]
+            at = k + 1
+            if is_input:
+                self._input(next(stores))
+            else:
+                known[k].shadow = v
+                self.scalars.append(v)
+                self.nodes.append(known[k])
+        self.nodes += known[at:r.end]
+        for k, nid, version in r.new_grads:
+            s = T.Store(exp.nodes[nid])
+            s.version = version
+            self.live.append(weakref.ref(s))
+            leaves[k]._grad = T._wrap_store(s)
+        for k, nid, bump in r.writes:
+            s = leaves[k]._grad._s
+            self._write(s, exp.nodes[nid], self.by_store.get(id(s)))
+            s.version += bump
+        if not retain_graph:
+            for k in r.freed:
+                n = nodes[k]
+                n.args = n.out = None
+        return True
+
+    def backward_end(self, st: _Started, tensors) -> None:
+        """Remember the backward the engine just recorded, when a later call can replay it."""
+        desc, roots, states, _ = st.context
+        s0, a0, live0, m0, ran0 = st.sizes
+        if len(self.ran) != ran0 or _NEVER in states or -1 in roots or self.verify:
+            return  # it ran a graph, reads a .grad that is a view, or starts at a leaf
+        if any(d is not None and not d[2] for d in desc):
+            return  # a node retains its grad: the engine writes it
+        made = {id(n) for n in st.nodes if n is not None}
+        if any(id(n) not in made for n in autograd._topo([t.grad_fn for t in tensors])):
+            return  # it went through autograd nodes made before this graph began
+        sources = []
+        for arr in self.arrays[a0:]:
+            hits = [k if k < len(st.grads) else ~(k - len(st.grads))
+                    for k, v in enumerate(st.values) if v is arr]
+            if len(hits) != 1:
+                return  # an input that is not one of the gradients it was given or wrote
+            sources.append(hits[0])
+        first = {}  # store id -> first position in live: the order of the graph's outputs
+        for k, ref in enumerate(self.live[live0:]):
+            first.setdefault(id(ref()), k)
+        new_grads, writes = [], {}
+        for j, (leaf, old, version) in enumerate(zip(st.leaves, st.old, st.versions)):
+            g = leaf._grad
+            if g is None and old is None:
+                continue
+            s = g._s
+            if type(s.v) is not Node or (old is not None and g is not old):
+                return
+            if old is None:
+                if id(s) not in first:
+                    return
+                new_grads.append((first[id(s)], j, s.v.id, s.version))
+            else:
+                writes[id(s)] = (j, s.v.id, s.version - version)
+        in_order = [writes.pop(k) for k in list(self.mutated)[m0:] if k in writes]
+        freed = tuple(k for k, (n, d) in enumerate(zip(st.nodes, desc))
+                      if n is not None and n.args is None and not d[1])
+        values = iter(self.scalars[s0:])
+        special = [(k, n.op == "input", None if n.op == "input" else next(values))
+                   for k, n in enumerate(self.nodes[st.i:], st.i) if n.op in ("input", "scalar")]
+        self.replays.append((st.i, Replay(
+            st.context, list(self.scalars[:s0]), len(self.nodes), sources, special,
+            [t[1:] for t in sorted(new_grads)], in_order + list(writes.values()), freed,
+        )))
+
     # ---- running
     def pending(self) -> bool:
         return any(n.op not in ("input", "scalar") for n in self.nodes)
@@ -328,6 +504,10 @@ class Tracer:
             keys = self.keys if exp is None else exp.key.t[0][:len(self.nodes)]
             key = Signature((tuple(keys), tuple(outs), tuple(mutations)))
             graph = Graph(self.nodes, outs, mutations, key)
+        for i, r in self.replays:
+            kept = graph.replays.setdefault(i, [])
+            kept.insert(0, r)
+            del kept[4:]
         arrays, scalars, mutated = self.arrays, self.scalars, list(self.mutated.values())
         self.ran.append(graph)
         self._reset()  # tracing continues on a fresh graph, even if running fails
@@ -344,6 +524,7 @@ class Tracer:
 
 
 _NO_ATTRS: dict = {}
+_NEVER = object()  # a gradient state no other equals
 
 
 def _is_input(e: Node, shape: tuple, dtype, cuda: bool) -> bool:
