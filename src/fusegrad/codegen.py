@@ -385,15 +385,22 @@ def driver_source(plan: Plan, kernels: dict, layout: dict) -> tuple[str, dict]:
             ins = ", ".join(f"v{i.id}" for i in n.ins)
             if n.op.name == "updated":  # the update step wrote the array in place
                 lines.append(f"    v{n.id} = v{n.ins[1].id}")
-            elif n.op.name == "mm_t" and len(n.shape) == 2:
+            elif n.op.name in ("mm_t", "matmul") and len(n.shape) == 2 and all(len(i.shape) == 2 for i in n.ins):
+                # np.dot: about 0.7 us less per call than np.matmul at these sizes, but it
+                # takes only an out array of exactly its result dtype
+                mm = "np.dot" if all(i.dtype is n.dtype for i in n.ins) else "np.matmul"
                 x, w = n.ins
-                lines.append(f"    v{n.id} = np.matmul(v{x.id}, v{w.id}.T, out={buf(n)})")
-            elif n.op.name == "matmul" and len(n.shape) == 2 and all(len(i.shape) == 2 for i in n.ins):
-                lines.append(f"    v{n.id} = np.matmul({ins}, out={buf(n)})")
+                tail = ".T" if n.op.name == "mm_t" else ""
+                lines.append(f"    v{n.id} = {mm}(v{x.id}, v{w.id}{tail}, out={buf(n)})")
             else:
+                copy = ".copy()" if n.id in leaving and n.op.kind == "view" else ""
+                if isinstance(n.op, (ops.Permute, ops.Reshape)):  # a method, not a Python wrapper
+                    call = (f"transpose({tuple(n.attrs['dims'])!r})" if isinstance(n.op, ops.Permute)
+                            else f"reshape({tuple(n.shape)!r})")
+                    lines.append(f"    v{n.id} = {ins}.{call}{copy}  # {n.name}")
+                    continue
                 fname = f"X{s.index}"
                 env[fname] = _extern(n.op, n.attrs, n.dtype)
-                copy = ".copy()" if n.id in leaving and n.op.kind == "view" else ""
                 lines.append(f"    v{n.id} = {fname}({ins}){copy}  # {n.name}")
     for dst, src in copied_mutations(plan):
         lines.append(f"    np.copyto(v{dst}, v{src})")

@@ -245,6 +245,22 @@ class Tracer:
         self.nodes.append(n)
         return n
 
+    def _scalars(self, values) -> list:
+        """The scalar nodes of many values (an update's), checked against the followed graph
+        in one pass."""
+        if self.exp is not None:
+            i = len(self.nodes)
+            known = self.exp.nodes[i:i + len(values)]
+            if len(known) == len(values) and all(
+                n.op == "scalar" and n.attrs["type"] == type(v).__name__ for n, v in zip(known, values)
+            ):
+                for n, v in zip(known, values):
+                    n.shadow = v
+                self.scalars += values
+                self.nodes += known
+                return known
+        return [self.node_of(v) for v in values]
+
     def node_of(self, a):
         if isinstance(a, T.Tensor):
             store = a._s
@@ -307,13 +323,30 @@ class Tracer:
                     f"in place but has strides {v.strides} (shape {v.shape}); a compiled update "
                     f"needs contiguous tensors: make it contiguous once, outside the compiled step"
                 )
-        ins = tuple([self.node_of(a) for a in args])
+        ins = []
+        by_store = self.by_store
+        for a in args[:attrs["n"] * width]:
+            s = a._s
+            v = s.v
+            if type(v) is not Node:
+                v = by_store.get(id(s)) or self._input(s)
+            ins.append(v)
+        ins = tuple(ins + self._scalars(args[attrs["n"] * width:]))
         token = self._node(op, ins, attrs)
         updated = ops.REGISTRY["updated"]
         for k in written:
             store = args[k]._s
             bound = None if type(store.v) is Node else ins[k]  # else written earlier in this loop
-            self._write(store, self._node(updated, (token, bound or store.v), _NO_ATTRS), bound)
+            n = self._next() if self.exp is not None else None
+            if n is None or n.op is not updated or n.ins[0] is not token or n.ins[1] is not (bound or store.v):
+                n = self._node(updated, (token, bound or store.v), _NO_ATTRS)
+            else:
+                self.nodes.append(n)  # the followed graph's node, compared inline
+            if bound is not None and id(store) not in self.views:  # _write's usual case, inline
+                self.mutated[id(store)] = (store, bound)
+                store.v = n
+            else:
+                self._write(store, n, bound)
 
     def assign(self, store, src_store):
         """An in-place write (optimizer update, grad accumulation) to a store."""
