@@ -253,9 +253,10 @@ def run_backward(
 def structure(made: list) -> tuple:
     """What a traced backward depends on beyond the graph recorded so far: each autograd node
     made while tracing (``made``: (weakref, graph node id) in creation order) with its graph
-    node, whether it was freed or retains its grad, and where each edge goes: an earlier node
-    of ``made`` (its position), a leaf (``~`` its number in order of first use), nowhere
-    (None), or a node made elsewhere (-1). Returns (description, nodes, leaves, position by id).
+    node, whether it was freed, retains its grad or has a saved tensor changed in place since,
+    and where each edge goes: an earlier node of ``made`` (its position), a leaf (``~`` its
+    number in order of first use), nowhere (None), or a node made elsewhere (-1). Returns
+    (description, nodes, leaves, position by id).
     """
     pos: dict[int, int] = {}
     leaf_no: dict[int, int] = {}
@@ -267,7 +268,7 @@ def structure(made: list) -> tuple:
             desc.append(None)
             continue
         pos[id(n)] = k
-        codes = [gid, n.args is None, n.retain is None]
+        codes = [gid, n.args is None, n.retain is None, n.args is None or _stale(n) is None]
         for e in n.edges:
             if e is None:
                 codes.append(None)
@@ -340,12 +341,20 @@ def zero_grads(params, set_to_none: bool) -> None:
 def _check_versions(node: Node):
     """PyTorch's saved-tensor check: an input or output that the VJP reads was changed in place
     after the op ran, so its gradient would be computed from the wrong values."""
+    stale = _stale(node)
+    if stale is not None:
+        raise _version_error(node, *stale)
+
+
+def _stale(node: Node) -> tuple | None:
+    """(tensor, saved version, which) of a saved tensor changed in place since, or None."""
     if node.versions is not None:
         for a, v in zip(node.args, node.versions):
             if v is not None and a._s.version != v:
-                raise _version_error(node, a, v, "an input")
+                return a, v, "an input"
     if node.out is not None and node.out._s.version != 0:  # a saved output starts at version 0
-        raise _version_error(node, node.out, 0, "an output")
+        return node.out, 0, "an output"
+    return None
 
 
 def _version_error(node: Node, a, v: int, what: str) -> RuntimeError:
