@@ -795,7 +795,7 @@ class Linear(Module):
             init.uniform_(self.bias, -bound, bound)
 
     def forward(self, input: Tensor) -> Tensor:
-        shape = tuple(input.shape)
+        shape = tuple(input._s.v.shape if isinstance(input, Tensor) else input.shape)
         if len(shape) == 0 or shape[-1] != self.in_features:
             raise op_error(
                 f"Linear(in_features={self.in_features}, out_features={self.out_features})",
