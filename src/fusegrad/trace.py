@@ -412,10 +412,13 @@ class Tracer:
         for r in self.exp.replays.get(i, ()):
             if r.matches(context, self.scalars):
                 return r
-        prefix = self.exp.key.t[0][:i]
+        prefix = None
         for other in reversed(self.known.values()):
             g = other.graph
-            if g is self.exp or i not in g.replays or g.key.t[0][:i] != prefix:
+            if g is self.exp or i not in g.replays:
+                continue
+            prefix = prefix or self.exp.key.t[0][:i]
+            if g.key.t[0][:i] != prefix:
                 continue
             for r in g.replays[i]:
                 if r.matches(context, self.scalars):
@@ -551,7 +554,7 @@ class Tracer:
 
 
 _NO_ATTRS: dict = {}
-_NEVER = object()  # a gradient state no other equals
+_NEVER = object()  # the state of a gradient whose backward is never remembered
 
 
 def _is_input(e: Node, shape: tuple, dtype, cuda: bool) -> bool:
