@@ -97,7 +97,7 @@ CUDA = device("cuda", 0)
 def _place(arr: np.ndarray, dev, value=None):
     """arr where `dev` asks for it: itself on the CPU, a device array on CUDA (filled on the
     device when `value` says what arr holds, so zeros/ones/full copy nothing)."""
-    if dev is None or device(dev).type == "cpu":
+    if dev is None or dev is CPU or device(dev).type == "cpu":
         return arr
     from . import cuda
 
@@ -109,7 +109,10 @@ def _place(arr: np.ndarray, dev, value=None):
 
 
 def _lazy_device(node) -> device:
-    """The device of a lazy value while tracing: that of the graph input it derives from."""
+    """The device of a lazy value while tracing: that of the graph input it derives from
+    (found by walking the graph, so only once some CUDA tensor exists)."""
+    if not _device.USED[0]:
+        return CPU
     while node.op != "input":
         node = next(i for i in node.ins if i.op != "scalar")
     return CUDA if type(TRACER[0].arrays[node.attrs["k"]]) is CudaArray else CPU
@@ -1318,8 +1321,7 @@ def _default_grads(outputs, grads) -> list:
                     f"grad can be implicitly created only for scalar outputs (output has shape "
                     f"{tuple(t.shape)}, at {user_line()})"
                 )
-            # no device lookup (a walk of the traced graph) while CUDA was never used
-            g = ones_like(t) if _device.USED[0] else _wrap(np.ones(t._s.v.shape, t.dtype.np))
+            g = ones_like(t)
         elif not isinstance(g, Tensor):
             g = tensor(g, dtype=t.dtype)
         elif tuple(g.shape) != tuple(t.shape):
@@ -1408,7 +1410,7 @@ def from_numpy(arr: np.ndarray) -> Tensor:
 
 def _make(fill, shape, dtype, requires_grad, dev=None, value=None) -> Tensor:
     d = dtypes.as_dtype(dtype) or float32
-    if dev is not None and value is not None and device(dev).type == "cuda":
+    if dev is not None and dev is not CPU and value is not None and device(dev).type == "cuda":
         fill = lambda s, d: np.broadcast_to(np.zeros((), d), s)  # noqa: E731 (filled on device)
     t = _wrap(_place(fill(_shape_arg(shape), d.np), dev, value))
     if requires_grad:

@@ -323,30 +323,14 @@ class Tracer:
                     f"in place but has strides {v.strides} (shape {v.shape}); a compiled update "
                     f"needs contiguous tensors: make it contiguous once, outside the compiled step"
                 )
-        ins = []
-        by_store = self.by_store
-        for a in args[:attrs["n"] * width]:
-            s = a._s
-            v = s.v
-            if type(v) is not Node:
-                v = by_store.get(id(s)) or self._input(s)
-            ins.append(v)
-        ins = tuple(ins + self._scalars(args[attrs["n"] * width:]))
+        tensors = attrs["n"] * width
+        ins = tuple([self.node_of(a) for a in args[:tensors]] + self._scalars(args[tensors:]))
         token = self._node(op, ins, attrs)
         updated = ops.REGISTRY["updated"]
         for k in written:
             store = args[k]._s
             bound = None if type(store.v) is Node else ins[k]  # else written earlier in this loop
-            n = self._next() if self.exp is not None else None
-            if n is None or n.op is not updated or n.ins[0] is not token or n.ins[1] is not (bound or store.v):
-                n = self._node(updated, (token, bound or store.v), _NO_ATTRS)
-            else:
-                self.nodes.append(n)  # the followed graph's node, compared inline
-            if bound is not None and id(store) not in self.views:  # _write's usual case, inline
-                self.mutated[id(store)] = (store, bound)
-                store.v = n
-            else:
-                self._write(store, n, bound)
+            self._write(store, self._node(updated, (token, bound or store.v), _NO_ATTRS), bound)
 
     def assign(self, store, src_store):
         """An in-place write (optimizer update, grad accumulation) to a store."""
@@ -367,7 +351,8 @@ class Tracer:
         elif id(store) not in self.mutated:
             self.live.append(weakref.ref(store))
         store.v = node
-        self._rederive_views(store, node)
+        if id(store) in self.views:
+            self._rederive_views(store, node)
 
     def _rederive_views(self, base, node: Node):
         """Views of a tensor written in place see the write (they share memory in eager)."""
