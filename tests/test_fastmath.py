@@ -372,3 +372,32 @@ def test_loop_is_vectorized(name):
     llvm_ir = run.inspect_llvm(run.signatures[0])
     assert re.search(r"<(4|8|16) x float>", llvm_ir), "loop was not vectorized"
     assert not re.search(r"declare[^\n]*@(tanhf?|expf?|erff?|erfcf?)\(", llvm_ir)
+
+
+@pytest.mark.skipif(
+    platform.machine().lower() not in ("x86_64", "amd64", "aarch64", "arm64"),
+    reason="vector ISA check only for x86-64/aarch64",
+)
+def test_gelu_and_its_gradient_share_one_tail():
+    """A fused forward + backward loop evaluates erfc's tail once: gelu_f32 and
+    gelu_grad_f32 start with the same _gelu_tail, which LLVM merges (not timed: the
+    vectorized loop body has as many divisions as the gradient's alone)."""
+
+    @numba.njit
+    def both(x, out, dout):
+        for i in range(x.size):
+            v = x[i]
+            out[i] = fm.gelu_f32(v)
+            dout[i] = fm.gelu_grad_f32(v)
+
+    x = np.linspace(-20, 20, 257, dtype=np.float32)
+    out, dout = np.empty_like(x), np.empty_like(x)
+    both(x, out, dout)
+    assert np.array_equal(out, _apply("gelu", x)) and np.array_equal(dout, _apply("gelu_grad", x))
+    _apply("gelu_grad", x)
+    grad = _loop("gelu_grad")
+
+    def vector_divisions(f):
+        return len(re.findall(r"= fdiv <\d+ x float>", f.inspect_llvm(f.signatures[0])))
+
+    assert vector_divisions(both) == vector_divisions(grad) >= 1

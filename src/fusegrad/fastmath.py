@@ -470,6 +470,19 @@ def erf_f32(x):
 
 
 @_jit
+def _gelu_tail(x):
+    """What gelu and its gradient share: x clamped to +-15, a = |x clamped|,
+    exp(-a*a/2) * 2**24 (normal down to x = -15; x*x split exactly) and
+    h = Phi(-a) / exp(-a*a/2).  Both functions start with this exact sequence, so in a
+    kernel that inlines both (a fused forward + backward) LLVM computes it once."""
+    xc = -_GELU_CLAMP if x < -_GELU_CLAMP else x
+    xc = _GELU_CLAMP if xc > _GELU_CLAMP else xc
+    a = abs(xc)
+    ex24 = _exp_hilo(-(_HALF * (a * a)), -(_HALF * _sq_err(a)), 24)
+    return xc, a, ex24, _HALF * _tail_h(a)
+
+
+@_jit
 def gelu_f32(x):
     """Exact-erf GELU x * Phi(x) = 0.5 x (1 + erf(x/sqrt2)) in float32, <= 5 ulp.
 
@@ -477,14 +490,9 @@ def gelu_f32(x):
     its relative accuracy.
     """
     x = np.float32(x)
-    xc = -_GELU_CLAMP if x < -_GELU_CLAMP else x
-    a = abs(xc)
-    a = _GELU_CLAMP if a > _GELU_CLAMP else a
-    # ex = exp(-x^2/2) with x^2 = a*a + err exactly; h * ex = erfc(a/sqrt2)
-    ex = _exp_hilo(-(_HALF * (a * a)), -(_HALF * _sq_err(a)), 0)
-    hh = _HALF * _tail_h(a)
-    neg = _smul(xc * hh, ex)  # x Phi(x) = x/2 erfc(|x|/sqrt2), x < 0; ex last
-    pos = x * (_ONE - hh * ex)
+    xc, a, ex24, hh = _gelu_tail(x)
+    neg = _smul((xc * hh) * ex24, _TWOM24)  # x Phi(x) = x/2 erfc(|x|/sqrt2), x < 0; one rounding into denormals
+    pos = x * (_ONE - hh * (ex24 * _TWOM24))
     z = x * x
     p = _GR3
     p = p * z + _GR2
@@ -499,13 +507,8 @@ def gelu_f32(x):
 def gelu_grad_f32(x):
     """d/dx of exact GELU, Phi(x) + x * phi(x), in float32, <= 5 ulp."""
     x = np.float32(x)
-    xc = -_GELU_CLAMP if x < -_GELU_CLAMP else x
-    xc = _GELU_CLAMP if xc > _GELU_CLAMP else xc
-    a = abs(xc)
-    # exp(-x^2/2) * 2**24: stays normal down to x = -15
-    ex24 = _exp_hilo(-(_HALF * (a * a)), -(_HALF * _sq_err(a)), 24)
+    xc, a, ex24, hh = _gelu_tail(x)
     ex = ex24 * _TWOM24  # exact unless the result is denormal (then unused)
-    hh = _HALF * _tail_h(a)  # Phi(-|x|) / exp(-x^2/2)
     xphi = xc * _INV_SQRT_2PI  # x phi(x) / exp(-x^2/2)
     neg = _smul((hh + xphi) * ex24, _TWOM24)  # one rounding into denormals
     pos = _ONE + (xphi - hh) * ex
