@@ -164,7 +164,7 @@ def run_backward(
 
     tr = tracer()
     memo = None
-    if tr is not None and not create_graph and inputs is None and accumulate:
+    if tr is not None and not tr.verify and not create_graph and inputs is None and accumulate:
         memo = tr.backward_start(tensors, grad_tensors, retain_graph)
         if memo is None:  # replayed: this call's graph and autograd structure were seen before
             return None

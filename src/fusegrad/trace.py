@@ -447,7 +447,7 @@ class Tracer:
         """Remember the backward the engine just recorded, when a later call can replay it."""
         desc, roots, states, _ = st.context
         s0, a0, live0, m0, ran0 = st.sizes
-        if len(self.ran) != ran0 or _NEVER in states or -1 in roots or self.verify:
+        if len(self.ran) != ran0 or _NEVER in states or -1 in roots:
             return  # it ran a graph, reads a .grad that is a view, or starts at a leaf
         if any(d is not None and not d[2] for d in desc):
             return  # a node retains its grad: the engine writes it
