@@ -235,7 +235,7 @@ def _op_error(op, args, attrs, e) -> Exception:
 def apply(op, args: tuple, attrs: dict) -> Tensor:
     """Run (eager) or record (traced) one op, and attach its autograd node."""
     tr = TRACER[0]
-    if tr is None or TRACER.owner != _get_ident():
+    if tr is None or TRACER.owner != _get_ident():  # tracer(), inlined: this runs per op
         tr = None
         out = _eager(op, args, attrs)
     else:
@@ -293,8 +293,8 @@ def update(op, args: tuple, attrs: dict) -> None:
     records the op once and rebinds each written tensor to the op's new value of it.
     """
     try:
-        tr = TRACER[0]
-        if tr is not None and TRACER.owner == _get_ident():
+        tr = tracer()
+        if tr is not None:
             tr.record_update(op, args, attrs)
             return
         op.infer(args, attrs)
