@@ -181,16 +181,21 @@ class Tracer:
         """The followed graph differs here: switch to a known graph with the same prefix whose
         node here matches, or (None) record the slow way from now on."""
         i = len(self.nodes)
-        exp = self.exp
-        prefix = exp.key.t[0][:i]
-        for other in reversed(self.known.values()):
-            g = other.graph
-            if g is not exp and i < len(g.nodes) and g.key.t[0][:i] == prefix and match(g.nodes[i]):
+        for g in self._siblings(i):
+            if i < len(g.nodes) and match(g.nodes[i]):
                 self._switch(g)
                 return g.nodes[i]
-        self.keys = list(prefix)
+        self.keys = list(self.exp.key.t[0][:i])
         self.exp = None
         return None
+
+    def _siblings(self, i: int):
+        """The other known graphs whose first i nodes equal the followed graph's, newest first."""
+        prefix = self.exp.key.t[0][:i]
+        for other in reversed(self.known.values()):
+            g = other.graph
+            if g is not self.exp and g.key.t[0][:i] == prefix:
+                yield g
 
     def _switch(self, g: Graph):
         """Follow g from here on: its nodes replace the (equal) ones recorded so far."""
@@ -397,15 +402,8 @@ class Tracer:
         for r in self.exp.replays.get(i, ()):
             if r.matches(context, self.scalars):
                 return r
-        prefix = None
-        for other in reversed(self.known.values()):
-            g = other.graph
-            if g is self.exp or i not in g.replays:
-                continue
-            prefix = prefix or self.exp.key.t[0][:i]
-            if g.key.t[0][:i] != prefix:
-                continue
-            for r in g.replays[i]:
+        for g in self._siblings(i):
+            for r in g.replays.get(i, ()):
                 if r.matches(context, self.scalars):
                     self._switch(g)
                     return r
