@@ -17,11 +17,12 @@ import textwrap
 import numpy as np
 
 from . import dtypes, ops
-from .fuse import Plan, Step
+from .fuse import Plan, Step, red_dims
 
 PARALLEL_MIN = 1 << 18  # loops with fewer elements run on one core (thread wake-up costs more)
 CHUNK = 1024  # a reduction's innermost loop runs in chunks of this many elements
 BLOCK = 1 << 14  # a large 1-D full reduction runs in parallel blocks of this many elements
+ROWS = 64  # a loop with mixed reductions runs in parallel blocks of this many rows
 _MATH_FNS = "exp|log|tanh|sigmoid|erf|gelu|gelu_grad|sin|cos"  # calls that cost (vectorize them)
 _FN = re.compile(rf"\b({_MATH_FNS}|sqrt|sign)\(")  # in an op's lower template
 _MATH = re.compile(rf"\b({_MATH_FNS})_f(32|64)\(")  # in rendered code
@@ -80,13 +81,92 @@ def loop_names(step: Step) -> tuple[list, list, dict, dict]:
     return arrays, scalars, name, {n.id: f"o{k}" for k, n in enumerate(step.outputs)}
 
 
+def _chain(step: Step, at) -> list:
+    """The innermost loop's lines: loads of the inputs, the op chain, the elementwise stores.
+    ``at(array name, shape)`` is the element expression of an array of that shape."""
+    arrays, _, name, oname = loop_names(step)
+    red_ids = {n.id for n in step.reductions}
+    lines = [f"x{k} = {at(f'a{k}', n.shape)}" for k, n in enumerate(arrays)]
+    lines += [f"{name[n.id]} = {_expr(n, name)}" for n in step.nodes if n.id not in red_ids]
+    outs = [n for n in step.outputs if n.id not in red_ids]
+    lines += [f"{at(oname[n.id], n.shape)} = {name[n.id]}" for n in outs]
+    return lines
+
+
+def _params(step: Step) -> list:
+    arrays, scalars, _, _ = loop_names(step)
+    params = [f"n{d}" for d in range(len(loop_shape(step)))]
+    params += [f"a{k}" for k in range(len(arrays))] + [f"s{k}" for k in range(len(scalars))]
+    return params + [f"o{k}" for k in range(len(step.outputs))]
+
+
+def _block(lines: list, depth: int) -> str:
+    return "".join("    " * depth + line + "\n" for line in lines)
+
+
+def mixed_source(step: Step) -> str:
+    """A 2-D loop whose float sums/means reduce over different dims: everything (the loss),
+    rows (dims=(1,)) and columns (dims=(0,)), all in one pass over the loop.
+
+    Rows run in parallel in fixed blocks of ROWS. Each row's values go through a chunk
+    buffer and a pairwise sum (as in kernel_source), giving the row results and a per-block
+    partial of the total; each block adds its rows' column values up in its own row of a
+    (blocks, n1) partials array. After the loop, the partials are added up in block order,
+    so no two threads write one value and the result does not depend on the thread count."""
+    _, _, name, oname = loop_names(step)
+    loop = loop_shape(step)
+    parallel = math.prod(loop) >= PARALLEL_MIN
+    alloc, per_block, per_row, inner, after_chunk, after_row, after = [], [], [], [], [], [], []
+    for k, n in enumerate(step.reductions):
+        dims, v, dt = red_dims(n), name[n.ins[0].id], n.ins[0].dtype.np.name
+        out = f"{oname[n.id]}[{'0' if 0 in dims else 'i0'}, {'0' if 1 in dims else 'i1'}]"
+        count = " * ".join(f"n{d}" for d in dims)
+        div = f" / ({count})" if n.op.lower == "mean" else ""
+        store = f"{out} = {_CAST[n.dtype.name]}(acc{k}{div})"
+        if dims == (0,):  # columns: a block's partials stay in the input dtype (vectorizes)
+            alloc.append(f"cols{k} = np.zeros((nb, n1), np.{dt})")
+            inner.append(f"cols{k}[b, i1] = cols{k}[b, i1] + {v}")
+            after += ["for i1 in range(n1):", f"    acc{k} = np.float64(0)",
+                      "    for b in range(nb):",
+                      f"        acc{k} = acc{k} + np.float64(cols{k}[b, i1])", "    " + store]
+            continue
+        per_block += [f"w{k} = np.empty({CHUNK}, np.{dt})",
+                      f"d{k} = np.empty({CHUNK // 2}, np.float64)"]
+        per_row.append(f"acc{k} = np.float64(0)")
+        inner.append(f"w{k}[j] = {v}")
+        after_chunk.append(f"acc{k} = acc{k} + pairwise_sum(w{k}, d{k}, m)")
+        if dims == (1,):
+            after_row.append(store)
+        else:  # everything: a block's partial
+            alloc.append(f"parts{k} = np.zeros(nb, np.float64)")
+            after_row.append(f"parts{k}[b] = parts{k}[b] + acc{k}")
+            after += [f"acc{k} = np.float64(0)", "for b in range(nb):",
+                      f"    acc{k} = acc{k} + parts{k}[b]", store]
+    chain = _chain(step, lambda a, shape: f"{a}[{_index(padded(shape, 2), loop)}]")
+    deco = f"@njit(cache=True, fastmath=False, error_model='numpy', parallel={parallel})"
+    return (
+        f"{deco}\ndef KNAME({', '.join(_params(step))}):\n"
+        f"    nb = (n0 + {ROWS - 1}) // {ROWS}\n" + _block(alloc, 1)
+        + f"    for b in {'prange' if parallel else 'range'}(nb):\n" + _block(per_block, 2)
+        + f"        for i0 in range(b * {ROWS}, min(n0, b * {ROWS} + {ROWS})):\n"
+        + _block(per_row, 3)
+        + f"            for ci in range((n1 + {CHUNK - 1}) // {CHUNK}):\n"
+        f"                c = ci * {CHUNK}\n"
+        f"                m = min({CHUNK}, n1 - c)\n"
+        "                for j in range(m):\n"
+        "                    i1 = c + j\n" + _block(chain + inner, 5)
+        + _block(after_chunk, 4) + _block(after_row, 3) + _block(after, 1)
+    )
+
+
 def kernel_source(step: Step) -> tuple[str, str]:
     """(header comment, body) of a loop step's kernel; the body names the function KNAME."""
+    chain = " -> ".join(n.name for n in step.nodes)
+    if step.mixed:
+        return f"# ops: {chain}\n", mixed_source(step)
     loop = loop_shape(step)
     r = len(loop)
-    arrays, scalars, name, oname = loop_names(step)
-    outs = step.outputs
-    red_ids = {n.id for n in step.reductions}
+    _, _, name, oname = loop_names(step)
     R, suffix = reduce_layout(step)
     kept = r - len(R) if suffix else 0
 
@@ -117,24 +197,21 @@ def kernel_source(step: Step) -> tuple[str, str]:
         bind.append(f"{arr}_r = {arr}[lo:lo + nn]")
         return f"{arr}_r[i0]"
 
-    # loads of inputs, then the op chain, in the innermost loop
-    inner = []
-    for k, n in enumerate(arrays):
-        inner.append(f"x{k} = {at(f'a{k}', n.shape)}")
-    for n in step.nodes:
-        if n.id in red_ids:
-            continue
-        inner.append(f"{name[n.id]} = {_expr(n, name)}")
-    for n in outs:
-        if n.id not in red_ids:
-            inner.append(f"{at(oname[n.id], n.shape)} = {name[n.id]}")
-    # Suffix reductions accumulate in float64 (int64) scalars. A chain of adds is a serial
-    # dependency that also keeps the loop from vectorizing, so: a loop that calls math
-    # functions ("heavy") runs its innermost dim in chunks, writing the values to reduce to a
-    # chunk buffer (that loop vectorizes) and adding the buffer up after it; a light loop is
-    # unrolled four times into four partial sums.
+    inner = _chain(step, at)
+    # Suffix reductions accumulate in float64 (int64) scalars. A chain of float adds is a serial
+    # dependency that keeps the loop from vectorizing (LLVM keeps their order), so a loop with
+    # a float sum or one that calls math functions ("heavy") runs its innermost dim in
+    # chunks: one loop computes the chunk's values into a buffer (it vectorizes), then each
+    # float sum adds its buffer up as a pairwise tree of vectorized halvings (fixed order, so
+    # the result does not depend on the thread count) into one float64 scalar; max/min/all/
+    # any and integer sums, whose accumulators LLVM does vectorize or which are cheap, add
+    # their buffer up into four partials. A light loop without float sums is unrolled four
+    # times into four partials.
     heavy = any(_MATH.search(line) for line in inner)
-    acc_init, acc_fin, acc_add, acc_chunk, rows_init, rows_fin = [], [], [], [], [], []
+    pairwise = [n.op.lower in ("sum", "mean") and n.ins[0].dtype.is_floating_point
+                for n in step.reductions]
+    chunked = heavy or any(pairwise)
+    acc_init, acc_fin, acc_add, acc_chunk, rows_init, rows_fin, trees = [], [], [], [], [], [], []
     for k, n in enumerate(step.reductions):
         src = name[n.ins[0].id]
         kind = n.op.lower
@@ -142,9 +219,13 @@ def kernel_source(step: Step) -> tuple[str, str]:
         if suffix:
             wide = "np.float64" if n.ins[0].dtype.is_floating_point else "np.int64"
             split = kind in ("sum", "mean")  # four partial sums p{k}_0..3
-            v = f"w{k}[j]" if heavy else src
+            v = f"w{k}[j]" if chunked else src
             init, nxt = _acc(kind, n.ins[0].dtype, f"acc{k}", v)
-            if split:
+            if pairwise[k]:
+                acc_init.append(f"p{k} = np.float64(0)")
+                trees.append(k)
+                total = f"p{k}"
+            elif split:
                 acc_init += [f"p{k}_{q} = {wide}(0)" for q in range(4)]
                 acc_add.append(lambda q, k=k, v=v, wide=wide: f"p{k}_{q} = p{k}_{q} + {wide}({v})")
                 total = f"((p{k}_0 + p{k}_1) + (p{k}_2 + p{k}_3))"
@@ -152,9 +233,11 @@ def kernel_source(step: Step) -> tuple[str, str]:
                 acc_init.append(f"acc{k} = {init}")
                 acc_add.append(lambda q, k=k, nxt=nxt: f"acc{k} = {nxt}")
                 total = f"acc{k}"
-            if heavy:
+            if chunked:
                 inner.append(f"w{k}[j] = {src}")
                 acc_chunk.append(f"w{k} = np.empty({CHUNK}, np.{n.ins[0].dtype.np.name})")
+                if pairwise[k]:
+                    acc_chunk.append(f"d{k} = np.empty({CHUNK // 2}, np.float64)")
             if full:  # this row's (block's) result; the partials are combined after the loop
                 pd = wide if split else ("np.bool_" if kind in ("all", "any") else f"np.{n.ins[0].dtype.np.name}")
                 acc_fin.append(f"parts{k}[{row}] = {total}")
@@ -196,7 +279,7 @@ def kernel_source(step: Step) -> tuple[str, str]:
         for d in range(outer, r - 1):
             body.append(indent * level + loop_line(d, False))
             level += 1
-        if heavy:
+        if chunked:
             body += [indent * level + line for line in acc_chunk]  # one buffer per row / block
             body.append(indent * level + f"for ci in range(({last} + {CHUNK - 1}) // {CHUNK}):")
             level += 1
@@ -205,12 +288,14 @@ def kernel_source(step: Step) -> tuple[str, str]:
             body.append(indent * level + "for j in range(m):")  # (range(c, c + m) vectorizes worse)
             body.append(indent * (level + 1) + f"{ii} = c + j")
             body += [indent * (level + 1) + line for line in inner]
-            body.append(indent * level + "for j0 in range(0, m - 3, 4):")
-            for q in range(4):
-                body.append(indent * (level + 1) + f"j = j0 + {q}")
-                body += [indent * (level + 1) + add(q) for add in acc_add]
-            body.append(indent * level + "for j in range(m - m % 4, m):")
-            body += [indent * (level + 1) + add(0) for add in acc_add]
+            if acc_add:
+                body.append(indent * level + "for j0 in range(0, m - 3, 4):")
+                for q in range(4):
+                    body.append(indent * (level + 1) + f"j = j0 + {q}")
+                    body += [indent * (level + 1) + add(q) for add in acc_add]
+                body.append(indent * level + "for j in range(m - m % 4, m):")
+                body += [indent * (level + 1) + add(0) for add in acc_add]
+            body += [indent * level + f"p{k} = p{k} + pairwise_sum(w{k}, d{k}, m)" for k in trees]
         else:
             body.append(indent * level + f"for u in range({last} // 4):")
             for q in range(4):
@@ -230,11 +315,8 @@ def kernel_source(step: Step) -> tuple[str, str]:
             level += 1
         body += [indent * level + line for line in inner]
 
-    params = [f"n{d}" for d in range(r)] + [f"a{k}" for k in range(len(arrays))]
-    params += [f"s{k}" for k in range(len(scalars))] + [f"o{k}" for k in range(len(outs))]
     deco = f"@njit(cache=True, fastmath=False, error_model='numpy', parallel={parallel})"
-    src = f"{deco}\ndef KNAME({', '.join(params)}):\n" + "\n".join(body) + "\n"
-    chain = " -> ".join(n.name for n in step.nodes)
+    src = f"{deco}\ndef KNAME({', '.join(_params(step))}):\n" + "\n".join(body) + "\n"
     return f"# ops: {chain}\n", src
 
 
@@ -358,13 +440,14 @@ def driver_source(plan: Plan, kernels: dict, layout: dict) -> tuple[str, dict]:
                 args.append(f"v{n.id}" if tuple(n.shape) == p else f"v{n.id}.reshape({p!r})")
             args += [f"v{n.id}" for n in s.inputs if n.op == "scalar"]
             red = {n.id for n in s.reductions}
-            R, suffix = reduce_layout(s)
+            _, suffix = reduce_layout(s)
+            filled = not suffix and not s.mixed  # reductions accumulate in their outputs
             for n in s.outputs:
                 lines.append(f"    v{n.id} = {buf(n)}")
                 if n.id in red:
                     p = padded(n.ins[0].shape, r)
-                    p = tuple(1 if d in R else x for d, x in enumerate(p))
-                    if not suffix:
+                    p = tuple(1 if d in red_dims(n) else x for d, x in enumerate(p))
+                    if filled:
                         fill = reduction_fill(n.op.lower, n.dtype)
                         fill = {np.inf: "np.inf", -np.inf: "-np.inf"}.get(fill, repr(fill))
                         lines.append(f"    v{n.id}.fill({fill})")
@@ -373,8 +456,8 @@ def driver_source(plan: Plan, kernels: dict, layout: dict) -> tuple[str, dict]:
                 args.append(f"v{n.id}" if tuple(n.shape) == p else f"v{n.id}.reshape({p!r})")
             lines.append(f"    {kernels[s.index]}({', '.join(args)})  # {' -> '.join(x.name for x in s.nodes)}")
             for n in s.reductions:
-                if not suffix and n.op.lower == "mean":
-                    count = math.prod(n.ins[0].shape[d] for d in R)
+                if filled and n.op.lower == "mean":
+                    count = math.prod(n.ins[0].shape[d] for d in red_dims(n))
                     lines.append(f"    np.divide(v{n.id}, {count}, out=v{n.id})")
         elif s.kind == "update":
             (n,) = s.nodes

@@ -153,7 +153,6 @@ class CompiledFunction:
                   f"{_diff_text(graph, self.history)}", flush=True)
         ex = None
         try:
-            plan = fuse.plan(graph)
             if _device.USED[0] or self.backend == "cuda":  # which renderer: the tensors' device
                 from . import runtime_cuda
 
@@ -165,8 +164,10 @@ class CompiledFunction:
                         "backend='auto'"
                     )
                 if on == "cuda":
+                    plan = fuse.plan(graph, mixed=False)
                     ex = runtime_cuda.Executable(plan, self.stats, verify=self.verify)
             if ex is None:
+                plan = fuse.plan(graph)
                 ex = runtime.Executable(plan, self.stats, verify=self.verify)
         except CompileError:
             if self.fallback != "eager":

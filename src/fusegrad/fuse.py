@@ -12,8 +12,11 @@ gather). The rules:
   inputs, scalars and earlier extern results) joins the latest loop of its shape. Otherwise it
   opens a new loop.
 - A reduction joins the loop that computes its input (MSE's (pred - y)**2 then sum is one
-  pass); all reductions in one loop reduce over the same dims. A value reduced in a loop cannot
-  be consumed in that same loop (layer norm's x - mean is a second pass).
+  pass). All reductions in one loop reduce over the same dims, except that on the CPU a 2-D
+  loop may mix sums and means over rows, columns and everything (layer norm's backward: the
+  loss's mean, gamma's and beta's column sums and a row sum in one pass over x). A value
+  reduced in a loop cannot be consumed in that same loop (layer norm's x - mean is a second
+  pass).
 - Values nobody reads are never computed (dead-code elimination from the outputs).
 
 Every boundary records why it exists, for ``FUSEGRAD_DEBUG=2`` and ``explain()``.
@@ -28,6 +31,7 @@ from . import ops
 from .trace import Graph, Node
 
 LOOP_REDUCTIONS = {"sum", "mean", "max", "min", "all", "any"}
+MIXED_DIMS = {(0, 1), (0,), (1,)}  # float sums/means a 2-D CPU loop can combine
 SCALAR_VIEWS = {"reshape", "unsqueeze", "squeeze"}
 
 
@@ -46,6 +50,22 @@ class Step:
     def ids(self) -> set:
         return {n.id for n in self.nodes}
 
+    @property
+    def mixed(self) -> bool:
+        """Its reductions reduce over different dims (rendered by codegen.mixed_source)."""
+        return any(red_dims(n) != self.reduce_dims for n in self.reductions)
+
+
+def red_dims(n: Node) -> tuple:
+    """The dims a reduction node reduces (``dims=None`` means all)."""
+    d = n.attrs["dims"]
+    return tuple(d) if d is not None else tuple(range(len(n.ins[0].shape)))
+
+
+def _mixable(n: Node) -> bool:
+    float_sum = n.op.lower in ("sum", "mean") and n.ins[0].dtype.is_floating_point
+    return float_sum and red_dims(n) in MIXED_DIMS
+
 
 @dataclass
 class Plan:
@@ -61,7 +81,8 @@ class Plan:
         for s in self.steps:
             names = " -> ".join(n.name for n in s.nodes)
             if s.kind == "loop":
-                red = f" reduce dims={s.reduce_dims}" if s.reductions else ""
+                dims = dict.fromkeys(red_dims(n) for n in s.reductions)  # distinct, in order
+                red = f" reduce dims={' + '.join(map(str, dims))}" if s.reductions else ""
                 head = f"loop {list(s.shape)}{red}"
             elif s.kind == "update":
                 head = "update"
@@ -131,7 +152,9 @@ def _live(nodes: list, roots: set) -> list:
     return [n for n in nodes if n.id in need]
 
 
-def plan(graph: Graph) -> Plan:
+def plan(graph: Graph, mixed: bool = True) -> Plan:
+    """``mixed``: the renderer can combine reductions over different dims in one loop (the
+    CPU's can; the CUDA renderer reduces over one set of dims per kernel)."""
     roots = set(graph.outputs) | {v for _, v in graph.mutations} | {d for d, _ in graph.mutations}
     roots |= {n.id for n in graph.nodes if n.op not in ("input", "scalar") and n.op.kind == "update"}
     nodes = _live(_skip_scalar_views(_split_linear(graph.nodes), roots), roots)
@@ -181,11 +204,12 @@ def plan(graph: Graph) -> Plan:
         elif kind == "reduce" and n.op.lower in LOOP_REDUCTIONS:
             x = n.ins[0]
             s = step_of.get(x.id)
-            dims = n.attrs["dims"] if n.attrs["dims"] is not None else tuple(range(len(x.shape)))
+            dims = red_dims(n)
             if s is not None and s.kind == "loop":
+                mixes = mixed and len(x.shape) == 2 and all(map(_mixable, s.reductions + [n]))
                 if s.shape != x.shape:
                     why = "not fused: input loop has another shape"
-                elif s.reduce_dims is not None and s.reduce_dims != dims:
+                elif s.reduce_dims is not None and s.reduce_dims != dims and not mixes:
                     why = "not fused: reduction over another axis"
                 elif not ready(n, s):
                     why = "not fused: input not ready in that loop"
@@ -193,7 +217,8 @@ def plan(graph: Graph) -> Plan:
                     target = s
             if target is None:
                 target = new_step("loop", x.shape, why or "reduces an extern result or input")
-            target.reduce_dims = dims
+            if target.reduce_dims is None:
+                target.reduce_dims = dims
             target.reductions.append(n)
             reduced.add(n.id)
         elif kind == "update":

@@ -19,6 +19,31 @@ _inline = njit(inline="always", cache=True)
 
 
 @_inline
+def pairwise_sum(w, d, m):
+    """The float64 sum of w[:m] as a tree of halvings (w: a chunk buffer whose length is a
+    power of two, d: float64, half as long). Each halving is a loop LLVM vectorizes, where a
+    running float sum is a serial chain it keeps scalar; the order is fixed, so the result
+    does not depend on the thread count. w stays in the kernel's dtype: converting to float64
+    inside the kernel's main loop stops that loop from vectorizing."""
+    h = 1
+    while h < m:
+        h *= 2
+    for j in range(m, h):  # pad to a power of two
+        w[j] = 0
+    if h == 1:
+        return np.float64(w[0])
+    h //= 2
+    for j in range(h):
+        d[j] = np.float64(w[j]) + np.float64(w[j + h])
+    h //= 2
+    while h > 0:
+        for j in range(h):
+            d[j] = d[j] + d[j + h]
+        h //= 2
+    return d[0]
+
+
+@_inline
 def sqrt_f32(x):
     return np.sqrt(np.float32(x))
 
@@ -100,4 +125,4 @@ def sign_i(x):
     return (x > 0) - (x < 0)
 
 
-__all__ = [n for n in dir() if n.endswith(("_f32", "_f64", "_i"))]
+__all__ = [n for n in dir() if n.endswith(("_f32", "_f64", "_i"))] + ["pairwise_sum"]

@@ -1,0 +1,152 @@
+"""Fused reductions on the CPU: the pairwise chunk sum, and one loop that reduces over
+different dims (the loss's mean, column sums, row sums) in one pass.
+
+Values are checked against float64 numpy (the kernels accumulate in float64, so they must
+be closer to it than float32 eager is) and against eager mode for a whole layer-norm step.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import re
+
+import numpy as np
+import pytest
+
+import fusegrad
+import fusegrad.nn as nn
+import fusegrad.nn.functional as F
+from fusegrad import fuse
+from fusegrad.kernellib import pairwise_sum
+
+
+def npy(t) -> np.ndarray:
+    return np.asarray(t.detach().numpy())
+
+
+def last_plan(step) -> fuse.Plan:
+    return step.graphs[step.history[-1].key].plan
+
+
+# --------------------------------------------------------------------------- pairwise_sum
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("m", [1, 2, 3, 17, 500, 1023, 1024])
+def test_pairwise_sum_is_the_float64_sum_of_the_first_m(dtype, m):
+    rng = np.random.default_rng(m)
+    w = (rng.standard_normal(1024) * 10 ** rng.uniform(-3, 3, 1024)).astype(dtype)
+    want = math.fsum(float(v) for v in w[:m])  # exact
+    d = np.full(512, np.nan)  # scratch: nothing may leak from it
+    got = pairwise_sum(w, d, m)
+    bound = 4 * m * np.finfo(np.float64).eps * float(np.abs(w[:m].astype(np.float64)).sum())
+    assert abs(got - want) <= bound, (got, want)
+    # the padding beyond m is zeros (a stale chunk tail must not be added)
+    w2 = w.copy()
+    w2[m:] = 1e30
+    assert abs(pairwise_sum(w2, np.empty(512), m) - want) <= bound
+
+
+@pytest.mark.skipif(
+    platform.machine().lower() not in ("x86_64", "amd64", "aarch64", "arm64"),
+    reason="vector ISA check only for x86-64/aarch64",
+)
+def test_pairwise_sum_halvings_are_vectorized():
+    """The reason the tree exists: its adds are vector adds (not timed)."""
+    from numba import njit
+
+    @njit
+    def total(w, d):
+        return pairwise_sum(w, d, w.size)
+
+    total(np.ones(1024, np.float32), np.empty(512))
+    llvm_ir = total.inspect_llvm(total.signatures[0])
+    assert re.search(r"fadd <(2|4|8) x double>", llvm_ir), "halvings were not vectorized"
+
+
+# --------------------------------------------------------------------------- mixed dims
+def _three_reductions(x):
+    loss = (x * x).mean()  # all dims
+    cols = (x * 2).sum(0)  # dims (0,)
+    rows = (x + 1).mean(1)  # dims (1,)
+    return loss, cols, rows
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(3, 5), (1, 1), (130, 7), (150, 1900)])
+def test_reductions_over_different_dims_share_one_loop(shape, dtype):
+    """(150, 1900) runs in parallel over 3 blocks of rows (the last one short), two chunks
+    per row, the second one short."""
+    a = np.random.default_rng(sum(shape)).standard_normal(shape).astype(dtype)
+    step = fusegrad.compile(_three_reductions)
+    loss, cols, rows = step(fusegrad.tensor(a))
+    a64 = a.astype(np.float64)
+    rtol = 1e-6 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(npy(loss), (a64 * a64).mean(), rtol=rtol)
+    np.testing.assert_allclose(npy(cols), (a64 * 2).sum(0), rtol=rtol, atol=rtol * shape[0])
+    np.testing.assert_allclose(npy(rows), (a64 + 1).mean(1), rtol=rtol, atol=rtol)
+    plan = last_plan(step)
+    assert plan.kernel_count() == 1, plan.describe()
+    assert "reduce dims=(0, 1) + (0,) + (1,)" in plan.describe()
+    # the CUDA renderer reduces over one set of dims per kernel: planned without mixing
+    cuda_plan = fuse.plan(plan.graph, mixed=False)
+    assert cuda_plan.kernel_count() == 3 and not any(s.mixed for s in cuda_plan.steps)
+
+
+def test_max_and_integer_reductions_do_not_mix():
+    """Only float sums and means share a loop across dims; a max over rows stays separate."""
+
+    def f(x):
+        return x.sum(), (x * 2).amax(1), (x > 0).sum(0)
+
+    a = np.random.default_rng(0).standard_normal((6, 4)).astype(np.float32)
+    step = fusegrad.compile(f)
+    total, mx, pos = step(fusegrad.tensor(a))
+    np.testing.assert_allclose(npy(total), a.astype(np.float64).sum(), rtol=1e-6)
+    np.testing.assert_array_equal(npy(mx), (a * 2).max(1))
+    np.testing.assert_array_equal(npy(pos), (a > 0).sum(0))
+    assert not any(s.mixed for s in last_plan(step).steps)
+
+
+@pytest.mark.parametrize("shape", [(4, 6), (150, 1100)])
+def test_layer_norm_gelu_step_is_eagers_in_fewer_passes(shape):
+    """The benchmark's layernorm_gelu step: forward, backward and two SGD updates. The loss's
+    mean, gamma's and beta's gradients (column sums) and a row sum of the backward share the
+    gelu loop; values and every gradient are eager's."""
+    R, C = shape
+    rng = np.random.default_rng(R)
+    init = {
+        "x": rng.standard_normal((R, C)).astype(np.float32),
+        "gamma": (1 + 0.1 * rng.standard_normal(C)).astype(np.float32),
+        "beta": (0.1 * rng.standard_normal(C)).astype(np.float32),
+    }
+
+    def make():
+        p = {k: nn.Parameter(fusegrad.tensor(v.copy())) for k, v in init.items()}
+        opt_a = fusegrad.optim.SGD([p["gamma"], p["beta"]], lr=0.01 * C)
+        opt_x = fusegrad.optim.SGD([p["x"]], lr=0.01 * R * C)
+
+        def step():
+            y = F.gelu(F.layer_norm(p["x"], (C,)) * p["gamma"] + p["beta"])
+            loss = y.square().mean()
+            opt_a.zero_grad()
+            opt_x.zero_grad()
+            loss.backward()
+            opt_a.step()
+            opt_x.step()
+            return loss
+
+        return p, step
+
+    (pe, eager), (pc, compiled) = make(), make()
+    compiled = fusegrad.compile(compiled)
+    for _ in range(3):
+        le, lc = eager().item(), compiled().item()
+        assert lc == pytest.approx(le, rel=1e-5)
+        for k in init:
+            np.testing.assert_allclose(npy(pc[k].grad), npy(pe[k].grad), rtol=1e-4, atol=1e-7,
+                                       err_msg=k)
+            np.testing.assert_allclose(npy(pc[k]), npy(pe[k]), rtol=1e-5, atol=1e-6, err_msg=k)
+    mixed = [s for s in last_plan(compiled).steps if s.mixed]
+    assert len(mixed) == 1
+    dims = {fuse.red_dims(n) for n in mixed[0].reductions}
+    assert dims == {(0, 1), (0,), (1,)} and len(mixed[0].reductions) == 4
