@@ -142,6 +142,8 @@ def mixed_source(step: Step) -> str:
             after_row.append(f"parts{k}[b] = parts{k}[b] + acc{k}")
             after += [f"acc{k} = np.float64(0)", "for b in range(nb):",
                       f"    acc{k} = acc{k} + parts{k}[b]", store]
+    if not parallel:  # one set of chunk buffers for the whole loop
+        alloc, per_block = alloc + per_block, []
     chain = _chain(step, lambda a, shape: f"{a}[{_index(padded(shape, 2), loop)}]")
     deco = f"@njit(cache=True, fastmath=False, error_model='numpy', parallel={parallel})"
     return (
@@ -266,6 +268,8 @@ def kernel_source(step: Step) -> tuple[str, str]:
         if blocks:
             body.append(indent + f"nb = (n0 + {BLOCK - 1}) // {BLOCK}")
         body += [indent + line for line in rows_init]
+        if chunked and not parallel:  # one set of buffers for the whole (serial) loop
+            body += [indent + line for line in acc_chunk]
         if blocks:
             body.append(indent + "for b in prange(nb):")
             body.append(indent * 2 + f"lo = b * {BLOCK}")
@@ -280,7 +284,8 @@ def kernel_source(step: Step) -> tuple[str, str]:
             body.append(indent * level + loop_line(d, False))
             level += 1
         if chunked:
-            body += [indent * level + line for line in acc_chunk]  # one buffer per row / block
+            if parallel:  # a set of buffers per row / block: threads must not share one
+                body += [indent * level + line for line in acc_chunk]
             body.append(indent * level + f"for ci in range(({last} + {CHUNK - 1}) // {CHUNK}):")
             level += 1
             body.append(indent * level + f"c = ci * {CHUNK}")
