@@ -88,8 +88,8 @@ def test_reductions_over_different_dims_share_one_loop(shape, dtype):
     assert plan.kernel_count() == 1, plan.describe()
     assert "reduce dims=(0, 1) + (0,) + (1,)" in plan.describe()
     # the CUDA renderer reduces over one set of dims per kernel: planned without mixing
-    cuda_plan = fuse.plan(plan.graph, mixed=False)
-    assert cuda_plan.kernel_count() == 3 and not any(s.mixed for s in cuda_plan.steps)
+    cuda_plan = fuse.plan(plan.graph, cpu=False)
+    assert cuda_plan.kernel_count() == 3 and not any(s.by_rows for s in cuda_plan.steps)
 
 
 def test_max_and_integer_reductions_do_not_mix():
@@ -104,14 +104,15 @@ def test_max_and_integer_reductions_do_not_mix():
     np.testing.assert_allclose(npy(total), a.astype(np.float64).sum(), rtol=1e-6)
     np.testing.assert_array_equal(npy(mx), (a * 2).max(1))
     np.testing.assert_array_equal(npy(pos), (a > 0).sum(0))
-    assert not any(s.mixed for s in last_plan(step).steps)
+    assert not any(s.by_rows for s in last_plan(step).steps)
 
 
 @pytest.mark.parametrize("shape", [(4, 6), (150, 1100)])
 def test_layer_norm_gelu_step_is_eagers_in_fewer_passes(shape):
     """The benchmark's layernorm_gelu step: forward, backward and two SGD updates. The loss's
     mean, gamma's and beta's gradients (column sums) and a row sum of the backward share the
-    gelu loop; values and every gradient are eager's."""
+    gelu loop; the forward (mean, variance, scale, that loop) is one row group and the rest of
+    the backward another; values and every gradient are eager's."""
     R, C = shape
     rng = np.random.default_rng(R)
     init = {
@@ -146,7 +147,59 @@ def test_layer_norm_gelu_step_is_eagers_in_fewer_passes(shape):
             np.testing.assert_allclose(npy(pc[k].grad), npy(pe[k].grad), rtol=1e-4, atol=1e-7,
                                        err_msg=k)
             np.testing.assert_allclose(npy(pc[k]), npy(pe[k]), rtol=1e-5, atol=1e-6, err_msg=k)
-    mixed = [s for s in last_plan(compiled).steps if s.mixed]
-    assert len(mixed) == 1
-    dims = {fuse.red_dims(n) for n in mixed[0].reductions}
-    assert dims == {(0, 1), (0,), (1,)} and len(mixed[0].reductions) == 4
+    plan = last_plan(compiled)
+    groups = [s for s in plan.steps if s.phases]
+    assert [len(g.phases) for g in groups] == [4, 3], plan.describe()
+    dims = {fuse.red_dims(n) for n in groups[0].phases[-1].reductions}
+    assert dims == {(0, 1), (0,), (1,)} and len(groups[0].phases[-1].reductions) == 4
+    # loops: the two row groups, two clones of gamma's and beta's grads; two SGD updates
+    assert plan.kernel_count() == 6, plan.describe()
+
+
+# --------------------------------------------------------------------------- row groups
+def _normalize_rows(x, w):
+    """A softmax-like row pipeline: row mean, centred square, row sum, [R, 1] scale, a
+    weighted output and its row sum; every later loop reads row values of the earlier ones."""
+    c = x - x.mean(1, keepdim=True)
+    s = (c * c).sum(1, keepdim=True)
+    inv = 1 / (s + 1)
+    y = c * inv * w
+    return y, y.sum(1), (y * y).mean()
+
+
+@pytest.mark.parametrize("shape", [(2, 3), (70, 5), (300, 1500)])
+def test_row_group_values_are_numpys(shape):
+    rng = np.random.default_rng(shape[0])
+    a = rng.standard_normal(shape).astype(np.float32)
+    w = rng.standard_normal(shape[1]).astype(np.float32)
+    step = fusegrad.compile(_normalize_rows)
+    y, rows, total = step(fusegrad.tensor(a), fusegrad.tensor(w))
+    a64, w64 = a.astype(np.float64), w.astype(np.float64)
+    c = a64 - a64.mean(1, keepdims=True)
+    y64 = c / ((c * c).sum(1, keepdims=True) + 1) * w64
+    np.testing.assert_allclose(npy(y), y64, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(npy(rows), y64.sum(1), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(npy(total), (y64 * y64).mean(), rtol=1e-5)
+    plan = last_plan(step)
+    assert plan.kernel_count() == 1 and len(plan.steps[0].phases) == 4, plan.describe()
+    assert "4 loops run row by row in one kernel" in plan.describe()
+    # without row groups and mixed reductions: two row reductions, the [R, 1] scale, the
+    # weighted output with its row sum, and the mean over everything
+    assert fuse.plan(plan.graph, cpu=False).kernel_count() == 5
+
+
+def test_a_column_result_is_not_a_row_value():
+    """x - x.mean(0) needs every row's x before any row can go on: two kernels, not a group
+    (a group would read a column mean that is not complete yet)."""
+
+    def f(x):
+        c = x - x.mean(0)
+        return (c * c).sum(1)
+
+    a = np.random.default_rng(1).standard_normal((130, 9)).astype(np.float32)
+    step = fusegrad.compile(f)
+    out = step(fusegrad.tensor(a))
+    a64 = a.astype(np.float64)
+    np.testing.assert_allclose(npy(out), ((a64 - a64.mean(0)) ** 2).sum(1), rtol=1e-5)
+    plan = last_plan(step)
+    assert plan.kernel_count() == 2 and not any(s.phases for s in plan.steps), plan.describe()

@@ -22,7 +22,7 @@ from .fuse import Plan, Step, red_dims
 PARALLEL_MIN = 1 << 18  # loops with fewer elements run on one core (thread wake-up costs more)
 CHUNK = 1024  # a reduction's innermost loop runs in chunks of this many elements
 BLOCK = 1 << 14  # a large 1-D full reduction runs in parallel blocks of this many elements
-ROWS = 64  # a loop with mixed reductions runs in parallel blocks of this many rows
+ROWS = 64  # a loop rendered row by row runs in (parallel) blocks of this many rows
 _MATH_FNS = "exp|log|tanh|sigmoid|erf|gelu|gelu_grad|sin|cos"  # calls that cost (vectorize them)
 _FN = re.compile(rf"\b({_MATH_FNS}|sqrt|sign)\(")  # in an op's lower template
 _MATH = re.compile(rf"\b({_MATH_FNS})_f(32|64)\(")  # in rendered code
@@ -70,102 +70,119 @@ def reduce_layout(step: Step) -> tuple[tuple, bool]:
     return R, R == tuple(range(r - len(R), r))
 
 
-def loop_names(step: Step) -> tuple[list, list, dict, dict]:
+def loop_names(step: Step, pre: str = "") -> tuple[list, list, dict, dict]:
     """A loop step's array inputs, scalar inputs, and the positional local names both
-    renderers use: x0 an array element, s0 a scalar, t3 the fourth op, o0 the first output."""
+    renderers use: x0 an array element, s0 a scalar, t3 the fourth op, o0 the first output
+    (with ``pre`` after the letter: x1_0 is phase 1's first array element in a row group)."""
     arrays = [n for n in step.inputs if n.op != "scalar"]
     scalars = [n for n in step.inputs if n.op == "scalar"]
-    name = {n.id: f"x{k}" for k, n in enumerate(arrays)}
-    name.update({n.id: f"s{k}" for k, n in enumerate(scalars)})
-    name.update({n.id: f"t{j}" for j, n in enumerate(step.nodes)})
-    return arrays, scalars, name, {n.id: f"o{k}" for k, n in enumerate(step.outputs)}
+    name = {n.id: f"x{pre}{k}" for k, n in enumerate(arrays)}
+    name.update({n.id: f"s{pre}{k}" for k, n in enumerate(scalars)})
+    name.update({n.id: f"t{pre}{j}" for j, n in enumerate(step.nodes)})
+    return arrays, scalars, name, {n.id: f"o{pre}{k}" for k, n in enumerate(step.outputs)}
 
 
-def _chain(step: Step, at) -> list:
+def _chain(step: Step, at, pre: str = "") -> list:
     """The innermost loop's lines: loads of the inputs, the op chain, the elementwise stores.
     ``at(array name, shape)`` is the element expression of an array of that shape."""
-    arrays, _, name, oname = loop_names(step)
+    arrays, _, name, oname = loop_names(step, pre)
     red_ids = {n.id for n in step.reductions}
-    lines = [f"x{k} = {at(f'a{k}', n.shape)}" for k, n in enumerate(arrays)]
+    lines = [f"{name[n.id]} = {at(f'a{pre}{k}', n.shape)}" for k, n in enumerate(arrays)]
     lines += [f"{name[n.id]} = {_expr(n, name)}" for n in step.nodes if n.id not in red_ids]
     outs = [n for n in step.outputs if n.id not in red_ids]
     lines += [f"{at(oname[n.id], n.shape)} = {name[n.id]}" for n in outs]
     return lines
 
 
-def _params(step: Step) -> list:
-    arrays, scalars, _, _ = loop_names(step)
-    params = [f"n{d}" for d in range(len(loop_shape(step)))]
-    params += [f"a{k}" for k in range(len(arrays))] + [f"s{k}" for k in range(len(scalars))]
-    return params + [f"o{k}" for k in range(len(step.outputs))]
+def _params(step: Step, pre: str = "") -> list:
+    """A loop kernel's parameters after the loop sizes: arrays, scalars, outputs."""
+    arrays, scalars, _, _ = loop_names(step, pre)
+    params = [f"a{pre}{k}" for k in range(len(arrays))]
+    params += [f"s{pre}{k}" for k in range(len(scalars))]
+    return params + [f"o{pre}{k}" for k in range(len(step.outputs))]
 
 
 def _block(lines: list, depth: int) -> str:
     return "".join("    " * depth + line + "\n" for line in lines)
 
 
-def mixed_source(step: Step) -> str:
-    """A 2-D loop whose float sums/means reduce over different dims: everything (the loss),
-    rows (dims=(1,)) and columns (dims=(0,)), all in one pass over the loop.
+def rows_source(step: Step) -> str:
+    """A 2-D loop over rows, rendered one row at a time: a row group's phases (fuse.py) or one
+    loop whose float sums/means reduce over different dims (everything, rows, columns).
 
-    Rows run in parallel in fixed blocks of ROWS. Each row's values go through a chunk
-    buffer and a pairwise sum (as in kernel_source), giving the row results and a per-block
-    partial of the total; each block adds its rows' column values up in its own row of a
-    (blocks, n1) partials array. After the loop, the partials are added up in block order,
-    so no two threads write one value and the result does not depend on the thread count."""
-    _, _, name, oname = loop_names(step)
-    loop = loop_shape(step)
-    parallel = math.prod(loop) >= PARALLEL_MIN
-    alloc, per_block, per_row, inner, after_chunk, after_row, after = [], [], [], [], [], [], []
-    for k, n in enumerate(step.reductions):
-        dims, v, dt = red_dims(n), name[n.ins[0].id], n.ins[0].dtype.np.name
-        out = f"{oname[n.id]}[{'0' if 0 in dims else 'i0'}, {'0' if 1 in dims else 'i1'}]"
-        count = " * ".join(f"n{d}" for d in dims)
-        div = f" / ({count})" if n.op.lower == "mean" else ""
-        store = f"{out} = {_CAST[n.dtype.name]}(acc{k}{div})"
-        if dims == (0,):  # columns: a block's partials stay in the input dtype (vectorizes)
-            alloc.append(f"cols{k} = np.zeros((nb, n1), np.{dt})")
-            inner.append(f"cols{k}[b, i1] = cols{k}[b, i1] + {v}")
-            after += ["for i1 in range(n1):", f"    acc{k} = np.float64(0)",
-                      "    for b in range(nb):",
-                      f"        acc{k} = acc{k} + np.float64(cols{k}[b, i1])", "    " + store]
+    Rows run in parallel in fixed blocks of ROWS. For each row, each phase runs in order over
+    the row (a [R, 1] phase once): a later phase reads what an earlier one wrote for this row
+    from cache, and its row results (a row sum, a [R, 1] value) are complete. Row sums go
+    through a chunk buffer and pairwise_sum, as in kernel_source; sums over everything add each
+    row into a per-block partial, column sums into the block's row of a (blocks, n1) partials
+    array. After the loop, the partials are added up in block order, so no two threads write
+    one value and the result does not depend on the thread count."""
+    phases = step.phases or [step]
+    pres = [f"{p}_" if step.phases else "" for p in range(len(phases))]
+    parallel = math.prod(step.shape) >= PARALLEL_MIN
+    alloc, per_block, per_row, after = [], [], [], []
+    for phase, pre in zip(phases, pres, strict=True):
+        _, _, name, oname = loop_names(phase, pre)
+        loop = loop_shape(phase)
+        inner, accs, after_chunk, after_row = [], [], [], []
+        for k, n in enumerate(phase.reductions):
+            dims, v, dt = red_dims(n), name[n.ins[0].id], n.ins[0].dtype.np.name
+            k = f"{pre}{k}"
+            out = f"{oname[n.id]}[{'0' if 0 in dims else 'i0'}, {'0' if 1 in dims else 'i1'}]"
+            count = " * ".join(f"n{d}" for d in dims)
+            div = f" / ({count})" if n.op.lower == "mean" else ""
+            store = f"{out} = {_CAST[n.dtype.name]}(acc{k}{div})"
+            if dims == (0,):  # columns: a block's partials stay in the input dtype (vectorizes)
+                alloc.append(f"cols{k} = np.zeros((nb, n1), np.{dt})")
+                inner.append(f"cols{k}[b, i1] = cols{k}[b, i1] + {v}")
+                after += ["for i1 in range(n1):", f"    acc{k} = np.float64(0)",
+                          "    for b in range(nb):",
+                          f"        acc{k} = acc{k} + np.float64(cols{k}[b, i1])", "    " + store]
+                continue
+            per_block += [f"w{k} = np.empty({CHUNK}, np.{dt})",
+                          f"d{k} = np.empty({CHUNK // 2}, np.float64)"]
+            inner.append(f"w{k}[j] = {v}")
+            accs.append(f"acc{k}")
+            after_chunk.append(f"acc{k} = acc{k} + pairwise_sum(w{k}, d{k}, m)")
+            if dims == (1,):
+                after_row.append(store)
+            else:  # everything: a block's partial
+                alloc.append(f"parts{k} = np.zeros(nb, np.float64)")
+                after_row.append(f"parts{k}[b] = parts{k}[b] + acc{k}")
+                after += [f"acc{k} = np.float64(0)", "for b in range(nb):",
+                          f"    acc{k} = acc{k} + parts{k}[b]", store]
+        def at(a, shape, loop=loop):
+            return f"{a}[{_index(padded(shape, 2), loop)}]"
+        chain = _chain(phase, at, pre)
+        if loop[1] == 1 and not phase.reductions:  # a [R, 1] phase: row values, once per row
+            per_row += chain
             continue
-        per_block += [f"w{k} = np.empty({CHUNK}, np.{dt})",
-                      f"d{k} = np.empty({CHUNK // 2}, np.float64)"]
-        per_row.append(f"acc{k} = np.float64(0)")
-        inner.append(f"w{k}[j] = {v}")
-        after_chunk.append(f"acc{k} = acc{k} + pairwise_sum(w{k}, d{k}, m)")
-        if dims == (1,):
-            after_row.append(store)
-        else:  # everything: a block's partial
-            alloc.append(f"parts{k} = np.zeros(nb, np.float64)")
-            after_row.append(f"parts{k}[b] = parts{k}[b] + acc{k}")
-            after += [f"acc{k} = np.float64(0)", "for b in range(nb):",
-                      f"    acc{k} = acc{k} + parts{k}[b]", store]
+        per_row += [f"{acc} = np.float64(0)" for acc in accs]
+        per_row += [f"for ci in range((n1 + {CHUNK - 1}) // {CHUNK}):",
+                    f"    c = ci * {CHUNK}", f"    m = min({CHUNK}, n1 - c)",
+                    "    for j in range(m):", "        i1 = c + j"]
+        per_row += ["        " + line for line in chain + inner]
+        per_row += ["    " + line for line in after_chunk] + after_row
     if not parallel:  # one set of chunk buffers for the whole loop
         alloc, per_block = alloc + per_block, []
-    chain = _chain(step, lambda a, shape: f"{a}[{_index(padded(shape, 2), loop)}]")
+    params = ["n0", "n1"]
+    for phase, pre in zip(phases, pres, strict=True):
+        params += _params(phase, pre)
     deco = f"@njit(cache=True, fastmath=False, error_model='numpy', parallel={parallel})"
     return (
-        f"{deco}\ndef KNAME({', '.join(_params(step))}):\n"
+        f"{deco}\ndef KNAME({', '.join(params)}):\n"
         f"    nb = (n0 + {ROWS - 1}) // {ROWS}\n" + _block(alloc, 1)
         + f"    for b in {'prange' if parallel else 'range'}(nb):\n" + _block(per_block, 2)
         + f"        for i0 in range(b * {ROWS}, min(n0, b * {ROWS} + {ROWS})):\n"
-        + _block(per_row, 3)
-        + f"            for ci in range((n1 + {CHUNK - 1}) // {CHUNK}):\n"
-        f"                c = ci * {CHUNK}\n"
-        f"                m = min({CHUNK}, n1 - c)\n"
-        "                for j in range(m):\n"
-        "                    i1 = c + j\n" + _block(chain + inner, 5)
-        + _block(after_chunk, 4) + _block(after_row, 3) + _block(after, 1)
+        + _block(per_row, 3) + _block(after, 1)
     )
 
 
 def kernel_source(step: Step) -> tuple[str, str]:
     """(header comment, body) of a loop step's kernel; the body names the function KNAME."""
     chain = " -> ".join(n.name for n in step.nodes)
-    if step.mixed:
-        return f"# ops: {chain}\n", mixed_source(step)
+    if step.by_rows:
+        return f"# ops: {chain}\n", rows_source(step)
     loop = loop_shape(step)
     r = len(loop)
     _, _, name, oname = loop_names(step)
@@ -321,7 +338,8 @@ def kernel_source(step: Step) -> tuple[str, str]:
         body += [indent * level + line for line in inner]
 
     deco = f"@njit(cache=True, fastmath=False, error_model='numpy', parallel={parallel})"
-    src = f"{deco}\ndef KNAME({', '.join(_params(step))}):\n" + "\n".join(body) + "\n"
+    params = [f"n{d}" for d in range(r)] + _params(step)
+    src = f"{deco}\ndef KNAME({', '.join(params)}):\n" + "\n".join(body) + "\n"
     return f"# ops: {chain}\n", src
 
 
@@ -435,35 +453,11 @@ def driver_source(plan: Plan, kernels: dict, layout: dict) -> tuple[str, dict]:
 
     for s in plan.steps:
         if s.kind == "loop":
-            loop = loop_shape(s)
-            r = len(loop)
-            args = [str(x) for x in loop]
-            for n in s.inputs:
-                if n.op == "scalar":
-                    continue
-                p = padded(n.shape, r)
-                args.append(f"v{n.id}" if tuple(n.shape) == p else f"v{n.id}.reshape({p!r})")
-            args += [f"v{n.id}" for n in s.inputs if n.op == "scalar"]
-            red = {n.id for n in s.reductions}
-            _, suffix = reduce_layout(s)
-            filled = not suffix and not s.mixed  # reductions accumulate in their outputs
-            for n in s.outputs:
-                lines.append(f"    v{n.id} = {buf(n)}")
-                if n.id in red:
-                    p = padded(n.ins[0].shape, r)
-                    p = tuple(1 if d in red_dims(n) else x for d, x in enumerate(p))
-                    if filled:
-                        fill = reduction_fill(n.op.lower, n.dtype)
-                        fill = {np.inf: "np.inf", -np.inf: "-np.inf"}.get(fill, repr(fill))
-                        lines.append(f"    v{n.id}.fill({fill})")
-                else:
-                    p = padded(n.shape, r)
-                args.append(f"v{n.id}" if tuple(n.shape) == p else f"v{n.id}.reshape({p!r})")
+            args, after = [str(x) for x in loop_shape(s)], []
+            for phase in s.phases or [s]:
+                args += _loop_args(phase, lines, after, buf, filled=not s.by_rows)
             lines.append(f"    {kernels[s.index]}({', '.join(args)})  # {' -> '.join(x.name for x in s.nodes)}")
-            for n in s.reductions:
-                if filled and n.op.lower == "mean":
-                    count = math.prod(n.ins[0].shape[d] for d in red_dims(n))
-                    lines.append(f"    np.divide(v{n.id}, {count}, out=v{n.id})")
+            lines += after
         elif s.kind == "update":
             (n,) = s.nodes
             lines.append(f"    {kernels[s.index]}({', '.join(f'v{i.id}' for i in n.ins)})  # {n.name}")
@@ -494,6 +488,38 @@ def driver_source(plan: Plan, kernels: dict, layout: dict) -> tuple[str, dict]:
         lines.append(f"    np.copyto(v{dst}, v{src})")
     lines.append(f"    return [{', '.join(f'v{i}' for i in plan.outputs)}]")
     return "\n".join(lines) + "\n", env
+
+
+def _loop_args(s: Step, lines: list, after: list, buf, filled: bool) -> list:
+    """A loop step's kernel arguments after the sizes (arrays reshaped to the loop's rank,
+    scalars, outputs); appends the outputs' allocations to ``lines``. ``filled``: a reduction
+    that is not over trailing dims accumulates in its output, filled first (``after``: the
+    division for a mean, after the call)."""
+    r = len(loop_shape(s))
+    filled = filled and not reduce_layout(s)[1]
+    args = []
+    for n in s.inputs:
+        if n.op != "scalar":
+            p = padded(n.shape, r)
+            args.append(f"v{n.id}" if tuple(n.shape) == p else f"v{n.id}.reshape({p!r})")
+    args += [f"v{n.id}" for n in s.inputs if n.op == "scalar"]
+    red = {n.id for n in s.reductions}
+    for n in s.outputs:
+        lines.append(f"    v{n.id} = {buf(n)}")
+        if n.id in red:
+            p = padded(n.ins[0].shape, r)
+            p = tuple(1 if d in red_dims(n) else x for d, x in enumerate(p))
+            if filled:
+                fill = reduction_fill(n.op.lower, n.dtype)
+                fill = {np.inf: "np.inf", -np.inf: "-np.inf"}.get(fill, repr(fill))
+                lines.append(f"    v{n.id}.fill({fill})")
+                if n.op.lower == "mean":
+                    count = math.prod(n.ins[0].shape[d] for d in red_dims(n))
+                    after.append(f"    np.divide(v{n.id}, {count}, out=v{n.id})")
+        else:
+            p = padded(n.shape, r)
+        args.append(f"v{n.id}" if tuple(n.shape) == p else f"v{n.id}.reshape({p!r})")
+    return args
 
 
 def driver_head(plan: Plan, load: str) -> list:

@@ -164,7 +164,7 @@ class CompiledFunction:
                         "backend='auto'"
                     )
                 if on == "cuda":
-                    plan = fuse.plan(graph, mixed=False)
+                    plan = fuse.plan(graph, cpu=False)
                     ex = runtime_cuda.Executable(plan, self.stats, verify=self.verify)
             if ex is None:
                 plan = fuse.plan(graph)

@@ -17,6 +17,8 @@ gather). The rules:
   loss's mean, gamma's and beta's column sums and a row sum in one pass over x). A value
   reduced in a loop cannot be consumed in that same loop (layer norm's x - mean is a second
   pass).
+- On the CPU, consecutive 2-D loops over the same rows form a row group, run row by row in
+  one kernel, when each reads only row values of the earlier ones (_row_groups).
 - Values nobody reads are never computed (dead-code elimination from the outputs).
 
 Every boundary records why it exists, for ``FUSEGRAD_DEBUG=2`` and ``explain()``.
@@ -46,14 +48,16 @@ class Step:
     inputs: list = field(default_factory=list)  # nodes read from outside (arrays and scalars)
     outputs: list = field(default_factory=list)  # nodes materialized for later steps/caller
     why: str = ""  # why this step does not join the previous one
+    phases: list = field(default_factory=list)  # a row group's loops, run row by row
 
     def ids(self) -> set:
         return {n.id for n in self.nodes}
 
     @property
-    def mixed(self) -> bool:
-        """Its reductions reduce over different dims (rendered by codegen.mixed_source)."""
-        return any(red_dims(n) != self.reduce_dims for n in self.reductions)
+    def by_rows(self) -> bool:
+        """Rendered one row at a time (codegen.rows_source): a row group, or one loop whose
+        reductions reduce over different dims."""
+        return bool(self.phases) or any(red_dims(n) != self.reduce_dims for n in self.reductions)
 
 
 def red_dims(n: Node) -> tuple:
@@ -80,20 +84,25 @@ class Plan:
         lines = []
         for s in self.steps:
             names = " -> ".join(n.name for n in s.nodes)
-            if s.kind == "loop":
-                dims = dict.fromkeys(red_dims(n) for n in s.reductions)  # distinct, in order
-                red = f" reduce dims={' + '.join(map(str, dims))}" if s.reductions else ""
-                head = f"loop {list(s.shape)}{red}"
-            elif s.kind == "update":
-                head = "update"
-            else:
-                head = "extern"
             outs = ", ".join(f"%{n.id}" for n in s.outputs)
-            lines.append(f"  step {s.index}: {head}: {names}  => [{outs}]  ({s.why})")
+            if s.phases:
+                lines.append(f"  step {s.index}: rows {list(s.shape)}: {len(s.phases)} loops run "
+                             f"row by row in one kernel  => [{outs}]  ({s.why})")
+                lines += [f"      {_head(p)}: {' -> '.join(n.name for n in p.nodes)}  ({p.why})"
+                          for p in s.phases]
+            else:
+                lines.append(f"  step {s.index}: {_head(s)}: {names}  => [{outs}]  ({s.why})")
         return "\n".join(lines)
 
     def kernel_count(self) -> int:
         return sum(1 for s in self.steps if s.kind in ("loop", "update"))
+
+
+def _head(s: Step) -> str:
+    if s.kind != "loop":
+        return s.kind
+    dims = dict.fromkeys(red_dims(n) for n in s.reductions)  # distinct, in order
+    return f"loop {list(s.shape)}" + (f" reduce dims={' + '.join(map(str, dims))}" if dims else "")
 
 
 def _split_linear(nodes: list) -> list:
@@ -152,9 +161,9 @@ def _live(nodes: list, roots: set) -> list:
     return [n for n in nodes if n.id in need]
 
 
-def plan(graph: Graph, mixed: bool = True) -> Plan:
-    """``mixed``: the renderer can combine reductions over different dims in one loop (the
-    CPU's can; the CUDA renderer reduces over one set of dims per kernel)."""
+def plan(graph: Graph, cpu: bool = True) -> Plan:
+    """``cpu``: plan for the CPU renderer, which also runs reductions over different dims in
+    one loop and row groups; the CUDA renderer reduces over one set of dims per kernel."""
     roots = set(graph.outputs) | {v for _, v in graph.mutations} | {d for d, _ in graph.mutations}
     roots |= {n.id for n in graph.nodes if n.op not in ("input", "scalar") and n.op.kind == "update"}
     nodes = _live(_skip_scalar_views(_split_linear(graph.nodes), roots), roots)
@@ -206,7 +215,7 @@ def plan(graph: Graph, mixed: bool = True) -> Plan:
             s = step_of.get(x.id)
             dims = red_dims(n)
             if s is not None and s.kind == "loop":
-                mixes = mixed and len(x.shape) == 2 and all(map(_mixable, s.reductions + [n]))
+                mixes = cpu and len(x.shape) == 2 and all(map(_mixable, s.reductions + [n]))
                 if s.shape != x.shape:
                     why = "not fused: input loop has another shape"
                 elif s.reduce_dims is not None and s.reduce_dims != dims and not mixes:
@@ -230,7 +239,64 @@ def plan(graph: Graph, mixed: bool = True) -> Plan:
         step_of[n.id] = target
 
     _wire(steps, step_of, nodes, set(graph.outputs) | {v for _, v in graph.mutations})
+    if cpu:
+        steps = _row_groups(steps, step_of)
     return Plan(graph, nodes, steps, list(graph.outputs), list(graph.mutations))
+
+
+def _row_phase(s: Step) -> bool:
+    """A loop that can run one row at a time: 2-D, and reducing only by float sums/means over
+    rows, columns or everything (none at all over a single column)."""
+    if s.kind != "loop" or len(s.shape) != 2 or s.shape[0] < 2:
+        return False
+    return all(map(_mixable, s.reductions)) and not (s.shape[1] == 1 and s.reductions)
+
+
+def _row_groups(steps: list, step_of: dict) -> list:
+    """Consecutive 2-D loops over the same rows become one loop that runs them row by row
+    (codegen.rows_source), when each reads from the earlier ones only row values: elementwise
+    results and row sums, complete once that row has run. Layer norm's mean, variance, scale
+    and the gelu loop after it are one pass over memory; the later loops read the row the
+    earlier ones wrote from cache."""
+    out, group = [], []
+
+    def joins(s: Step) -> bool:
+        if not group or not _row_phase(s) or s.shape[0] != group[0].shape[0]:
+            return False
+        wide = {g.shape[1] for g in group + [s]} - {1}
+        inside = {n.id for g in group for n in g.nodes}
+        row_values = all(i.id not in inside or i not in step_of[i.id].reductions
+                         or red_dims(i) == (1,) for i in s.inputs)
+        return len(wide) <= 1 and row_values
+
+    def close():
+        if len(group) > 1 and any(g.shape[1] > 1 for g in group):
+            ids = {n.id for g in group for n in g.nodes}
+            inputs = {i.id: i for g in group for i in g.inputs if i.id not in ids}
+            first = group[0]
+            out.append(Step("loop", 0, (first.shape[0], max(g.shape[1] for g in group)),
+                            [n for g in group for n in g.nodes], first.reduce_dims,
+                            [n for g in group for n in g.reductions], list(inputs.values()),
+                            [n for g in group for n in g.outputs],
+                            "row group: each loop reads only row values of the earlier ones",
+                            list(group)))
+        else:
+            out.extend(group)
+        group.clear()
+
+    for s in steps:
+        if not joins(s):
+            close()
+            if _row_phase(s):
+                group.append(s)
+                continue
+            out.append(s)
+            continue
+        group.append(s)
+    close()
+    for k, s in enumerate(out):
+        s.index = k
+    return out
 
 
 def _wire(steps, step_of, nodes, leaving: set):

@@ -242,7 +242,7 @@ def eager(op, args: tuple, attrs: dict):
     if ex is None:
         t0 = time.perf_counter()
         graph = Graph(nodes + [out], [] if op.kind == "update" else [out.id], [], key)
-        ex = Executable(fuse.plan(graph, mixed=False), EAGER_STATS)
+        ex = Executable(fuse.plan(graph, cpu=False), EAGER_STATS)
         EAGER_STATS.graphs_compiled += 1
         EAGER_STATS.compile_seconds += time.perf_counter() - t0
         _EAGER[key] = ex
