@@ -111,8 +111,8 @@ def test_max_and_integer_reductions_do_not_mix():
 def test_layer_norm_gelu_step_is_eagers_in_fewer_passes(shape):
     """The benchmark's layernorm_gelu step: forward, backward and two SGD updates. The loss's
     mean, gamma's and beta's gradients (column sums) and a row sum of the backward share the
-    gelu loop; the forward (mean, variance, scale, that loop) is one row group and the rest of
-    the backward another; values and every gradient are eager's."""
+    gelu loop, and every loop over x's rows (mean, variance, scale, that loop, the rest of the
+    backward) is one row group; values and every gradient are eager's."""
     R, C = shape
     rng = np.random.default_rng(R)
     init = {
@@ -149,11 +149,12 @@ def test_layer_norm_gelu_step_is_eagers_in_fewer_passes(shape):
             np.testing.assert_allclose(npy(pc[k]), npy(pe[k]), rtol=1e-5, atol=1e-6, err_msg=k)
     plan = last_plan(compiled)
     groups = [s for s in plan.steps if s.phases]
-    assert [len(g.phases) for g in groups] == [4, 3], plan.describe()
-    dims = {fuse.red_dims(n) for n in groups[0].phases[-1].reductions}
-    assert dims == {(0, 1), (0,), (1,)} and len(groups[0].phases[-1].reductions) == 4
-    # loops: the two row groups, two clones of gamma's and beta's grads; two SGD updates
-    assert plan.kernel_count() == 6, plan.describe()
+    assert [len(g.phases) for g in groups] == [7], plan.describe()
+    dims = {fuse.red_dims(n) for n in groups[0].phases[3].reductions}
+    assert dims == {(0, 1), (0,), (1,)} and len(groups[0].phases[3].reductions) == 4
+    # loops: the row group, two clones of gamma's and beta's grads (moved after the group);
+    # two SGD updates
+    assert plan.kernel_count() == 5, plan.describe()
 
 
 # --------------------------------------------------------------------------- row groups
@@ -203,3 +204,34 @@ def test_a_column_result_is_not_a_row_value():
     np.testing.assert_allclose(npy(out), ((a64 - a64.mean(0)) ** 2).sum(1), rtol=1e-5)
     plan = last_plan(step)
     assert plan.kernel_count() == 2 and not any(s.phases for s in plan.steps), plan.describe()
+
+
+def test_a_step_between_row_loops_moves_after_the_group_unless_a_later_loop_reads_it():
+    """A column sum's reshape between two row loops runs after the group; a row loop that
+    reads a value computed between them starts a new kernel instead."""
+
+    def moved(x):
+        a = x * 2
+        r = a.sum(1, keepdim=True)
+        cols = a.sum(0).reshape(1, -1)  # an extern step between the two loops
+        return cols, (a - r).sum(1)  # a second loop: it reads the row sum r
+
+    def kept(x, w):
+        a = x * 2
+        r = a.sum(1, keepdim=True)
+        v = (w * 3).reshape(1, -1)  # the second loop reads it: no group
+        return (a - r + v).sum(1)
+
+    a = np.random.default_rng(2).standard_normal((70, 6)).astype(np.float32)
+    w = np.arange(6, dtype=np.float32)
+    step = fusegrad.compile(moved)
+    cols, b = step(fusegrad.tensor(a))
+    np.testing.assert_allclose(npy(cols), (a * 2).sum(0, keepdims=True), rtol=1e-5)
+    a2 = a.astype(np.float64) * 2
+    np.testing.assert_allclose(npy(b), (a2 - a2.sum(1, keepdims=True)).sum(1), atol=1e-4)
+    plan = last_plan(step)
+    assert plan.steps[0].phases and plan.steps[1].kind == "extern", plan.describe()
+    step = fusegrad.compile(kept)
+    np.testing.assert_allclose(npy(step(fusegrad.tensor(a), fusegrad.tensor(w))),
+                               (a2 - a2.sum(1, keepdims=True) + w * 3).sum(1), atol=1e-4)
+    assert not any(s.phases for s in last_plan(step).steps), last_plan(step).describe()

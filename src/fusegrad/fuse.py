@@ -257,17 +257,20 @@ def _row_groups(steps: list, step_of: dict) -> list:
     (codegen.rows_source), when each reads from the earlier ones only row values: elementwise
     results and row sums, complete once that row has run. Layer norm's mean, variance, scale
     and the gelu loop after it are one pass over memory; the later loops read the row the
-    earlier ones wrote from cache."""
-    out, group = [], []
+    earlier ones wrote from cache. A loop or extern call in between that no later member reads
+    moves after the group (the gradients' reshapes between layer norm's forward and backward);
+    an update ends the group, as its in-place writes keep their place."""
+    out, group, deferred = [], [], []
 
     def joins(s: Step) -> bool:
         if not group or not _row_phase(s) or s.shape[0] != group[0].shape[0]:
             return False
         wide = {g.shape[1] for g in group + [s]} - {1}
         inside = {n.id for g in group for n in g.nodes}
+        later = {n.id for d in deferred for n in d.nodes}
         row_values = all(i.id not in inside or i not in step_of[i.id].reductions
                          or red_dims(i) == (1,) for i in s.inputs)
-        return len(wide) <= 1 and row_values
+        return len(wide) <= 1 and row_values and not any(i.id in later for i in s.inputs)
 
     def close():
         if len(group) > 1 and any(g.shape[1] > 1 for g in group):
@@ -282,17 +285,18 @@ def _row_groups(steps: list, step_of: dict) -> list:
                             list(group)))
         else:
             out.extend(group)
+        out.extend(deferred)
         group.clear()
+        deferred.clear()
 
     for s in steps:
-        if not joins(s):
+        if joins(s):
+            group.append(s)
+        elif group and (s.kind == "loop" or s.kind == "extern" and s.nodes[0].op.name != "updated"):
+            deferred.append(s)
+        else:
             close()
-            if _row_phase(s):
-                group.append(s)
-                continue
-            out.append(s)
-            continue
-        group.append(s)
+            (group if _row_phase(s) else out).append(s)
     close()
     for k, s in enumerate(out):
         s.index = k
