@@ -152,9 +152,10 @@ def test_layer_norm_gelu_step_is_eagers_in_fewer_passes(shape):
     assert [len(g.phases) for g in groups] == [7], plan.describe()
     dims = {fuse.red_dims(n) for n in groups[0].phases[3].reductions}
     assert dims == {(0, 1), (0,), (1,)} and len(groups[0].phases[3].reductions) == 4
-    # loops: the row group, two clones of gamma's and beta's grads (moved after the group);
-    # two SGD updates
-    assert plan.kernel_count() == 5, plan.describe()
+    # loops: the row group (with x's update in its last loop), two clones of gamma's and
+    # beta's grads (moved after the group); gamma's and beta's update
+    assert plan.kernel_count() == 4, plan.describe()
+    assert groups[0].phases[-1].nodes[-1].op.name == "sgd_step"
 
 
 # --------------------------------------------------------------------------- row groups
@@ -235,3 +236,76 @@ def test_a_step_between_row_loops_moves_after_the_group_unless_a_later_loop_read
     np.testing.assert_allclose(npy(step(fusegrad.tensor(a), fusegrad.tensor(w))),
                                (a2 - a2.sum(1, keepdims=True) + w * 3).sum(1), atol=1e-4)
     assert not any(s.phases for s in last_plan(step).steps), last_plan(step).describe()
+
+
+# --------------------------------------------------------------------------- fused updates
+def _raw_tensor_setup(make_opt, n=5000, seed=0):
+    x0 = np.random.default_rng(seed).standard_normal(n).astype(np.float32)
+    x = fusegrad.tensor(x0.copy(), requires_grad=True)
+    return x, make_opt([x])
+
+
+OPTS = {
+    "sgd": lambda ps: fusegrad.optim.SGD(ps, lr=0.5),
+    "momentum": lambda ps: fusegrad.optim.SGD(ps, lr=0.5, momentum=0.9, nesterov=True),
+    "adam": lambda ps: fusegrad.optim.Adam(ps, lr=0.05, weight_decay=0.01),
+}
+
+
+@pytest.mark.parametrize("opt", list(OPTS))
+def test_update_runs_in_the_loop_that_computes_its_gradient(opt):
+    """The benchmark's elementwise step: x's gradient comes out of the loss's loop, so x's
+    update (and its momentum buffer or Adam's moments) runs in that loop: one kernel."""
+
+    def make():
+        x, o = _raw_tensor_setup(OPTS[opt])
+
+        def step():
+            loss = ((fusegrad.tanh(x * 1.5 + 0.3) * x - 0.2) ** 2).mean()
+            o.zero_grad()
+            loss.backward()
+            o.step()
+            return loss
+
+        return x, o, step
+
+    (xe, oe, eager), (xc, oc, compiled) = make(), make()
+    compiled = fusegrad.compile(compiled)
+    for _ in range(4):
+        assert compiled().item() == pytest.approx(eager().item(), rel=1e-5)
+        np.testing.assert_allclose(npy(xc), npy(xe), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(npy(xc.grad), npy(xe.grad), rtol=1e-5, atol=1e-9)
+    for k, v in oe.state[xe].items():  # momentum buffer, exp_avg, exp_avg_sq, step
+        got, want = oc.state[xc][k], v
+        if hasattr(want, "detach"):
+            got, want = npy(got), npy(want)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-9, err_msg=k)
+    plan = last_plan(compiled)
+    assert plan.kernel_count() == 1, plan.describe()
+    assert fuse.plan(plan.graph, cpu=False).kernel_count() == 2
+
+
+def test_update_stays_out_of_the_loop_when_a_later_step_reads_the_old_values():
+    """x.sum() after backward and before opt.step() reads x as it was: the update cannot run
+    in the loop that computes x's gradient (that loop runs before the sum)."""
+
+    def make():
+        x, o = _raw_tensor_setup(OPTS["momentum"], n=300, seed=3)
+
+        def step():
+            loss = (x * x).sum()
+            o.zero_grad()
+            loss.backward()
+            before = x.sum()
+            o.step()
+            return before
+
+        return x, step
+
+    (xe, eager), (xc, compiled) = make(), make()
+    compiled = fusegrad.compile(compiled)
+    for _ in range(3):
+        assert compiled().item() == pytest.approx(eager().item(), rel=1e-5)
+        np.testing.assert_allclose(npy(xc), npy(xe), rtol=1e-6)
+    plan = last_plan(compiled)
+    assert any(s.kind == "update" for s in plan.steps), plan.describe()

@@ -88,10 +88,32 @@ def _chain(step: Step, at, pre: str = "") -> list:
     arrays, _, name, oname = loop_names(step, pre)
     red_ids = {n.id for n in step.reductions}
     lines = [f"{name[n.id]} = {at(f'a{pre}{k}', n.shape)}" for k, n in enumerate(arrays)]
-    lines += [f"{name[n.id]} = {_expr(n, name)}" for n in step.nodes if n.id not in red_ids]
+    for n in step.nodes:
+        if n.id in red_ids:
+            continue
+        if n.op.kind != "update":
+            lines.append(f"{name[n.id]} = {_expr(n, name)}")
+            continue
+        # an update fused into the loop (fuse._fuse_updates): this element's new values
+        (tensors,), shared, (each,) = n.op.split(n.ins, 1)
+        cast = _CAST[tensors[0].dtype.name]
+        args = [name[t.id] for t in tensors] + [f"{cast}({name[x.id]})" for x in shared + each]
+        args += [repr(f) for f in n.op.flag_values(n.attrs, 0)]
+        lines.append(f"{name[n.id]} = {n.op.elem.__name__}({', '.join(args)})")
+        for j in n.op.writes(n.attrs):
+            k = [a.id for a in arrays].index(tensors[j].id)
+            lines.append(f"{at(f'a{pre}{k}', tensors[j].shape)} = {name[n.id]}[{j}]")
     outs = [n for n in step.outputs if n.id not in red_ids]
     lines += [f"{at(oname[n.id], n.shape)} = {name[n.id]}" for n in outs]
     return lines
+
+
+def _elems(step: Step) -> str:
+    """The element functions of the updates fused into a loop, copied in as in update_source."""
+    fns = dict.fromkeys(n.op.elem for p in (step.phases or [step]) for n in p.nodes
+                        if n.op.kind == "update")
+    deco = "@njit(inline='always', fastmath=False, error_model='numpy')\n"
+    return "".join(deco + textwrap.dedent(inspect.getsource(f)) + "\n\n" for f in fns)
 
 
 def _params(step: Step, pre: str = "") -> list:
@@ -182,7 +204,7 @@ def kernel_source(step: Step) -> tuple[str, str]:
     """(header comment, body) of a loop step's kernel; the body names the function KNAME."""
     chain = " -> ".join(n.name for n in step.nodes)
     if step.by_rows:
-        return f"# ops: {chain}\n", rows_source(step)
+        return f"# ops: {chain}\n", _elems(step) + rows_source(step)
     loop = loop_shape(step)
     r = len(loop)
     _, _, name, oname = loop_names(step)
@@ -292,7 +314,7 @@ def kernel_source(step: Step) -> tuple[str, str]:
             body.append(indent * 2 + f"lo = b * {BLOCK}")
             body.append(indent * 2 + f"nn = min({BLOCK}, n0 - lo)")
             level, last = 2, "nn"
-            body += [indent * level + line for line in bind]
+            body += [indent * level + line for line in dict.fromkeys(bind)]
         for d in range(outer):
             body.append(indent * level + loop_line(d, parallel and d == 0))
             level += 1
@@ -339,7 +361,7 @@ def kernel_source(step: Step) -> tuple[str, str]:
 
     deco = f"@njit(cache=True, fastmath=False, error_model='numpy', parallel={parallel})"
     params = [f"n{d}" for d in range(r)] + _params(step)
-    src = f"{deco}\ndef KNAME({', '.join(params)}):\n" + "\n".join(body) + "\n"
+    src = _elems(step) + f"{deco}\ndef KNAME({', '.join(params)}):\n" + "\n".join(body) + "\n"
     return f"# ops: {chain}\n", src
 
 

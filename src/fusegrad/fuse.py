@@ -17,8 +17,10 @@ gather). The rules:
   loss's mean, gamma's and beta's column sums and a row sum in one pass over x). A value
   reduced in a loop cannot be consumed in that same loop (layer norm's x - mean is a second
   pass).
-- On the CPU, consecutive 2-D loops over the same rows form a row group, run row by row in
-  one kernel, when each reads only row values of the earlier ones (_row_groups).
+- On the CPU, a one-parameter update runs in the loop that computes its gradient when no
+  later step reads what it writes (_fuse_updates), and consecutive 2-D loops over the same
+  rows form a row group, run row by row in one kernel, when each reads only row values of
+  the earlier ones (_row_groups).
 - Values nobody reads are never computed (dead-code elimination from the outputs).
 
 Every boundary records why it exists, for ``FUSEGRAD_DEBUG=2`` and ``explain()``.
@@ -240,8 +242,53 @@ def plan(graph: Graph, cpu: bool = True) -> Plan:
 
     _wire(steps, step_of, nodes, set(graph.outputs) | {v for _, v in graph.mutations})
     if cpu:
-        steps = _row_groups(steps, step_of)
+        steps = _row_groups(_fuse_updates(steps, step_of), step_of)
     return Plan(graph, nodes, steps, list(graph.outputs), list(graph.mutations))
+
+
+def _fuse_updates(steps: list, step_of: dict) -> list:
+    """A one-parameter update whose gradient a loop computes elementwise over the parameter's
+    own shape runs in that loop (the element's update right after its gradient), when no step
+    after the loop reads the tensors it writes: they would see the new values. Saves a pass
+    that reads the parameter and its gradient again, and a kernel call."""
+    out = []
+    for u in steps:
+        loop = _update_loop(u, steps, step_of)
+        if loop is None:
+            out.append(u)
+            continue
+        (n,) = u.nodes
+        ids = loop.ids() | {i.id for i in loop.inputs}
+        loop.inputs += [i for i in dict.fromkeys(n.ins) if i.id not in ids]
+        loop.nodes.append(n)
+        step_of[n.id] = loop
+    return out
+
+
+def _update_loop(u: Step, steps: list, step_of: dict) -> Step | None:
+    """The loop step an update step can run in, or None."""
+    if u.kind != "update" or u.nodes[0].attrs["n"] != 1:
+        return None
+    (n,) = u.nodes
+    (tensors,), _, _ = n.op.split(n.ins, 1)
+    loop = step_of.get(tensors[1].id)  # the gradient's step
+    if loop is None or loop.kind != "loop" or tensors[1] in loop.reductions or not loop.shape:
+        return None
+    written = {t.id for t in n.op.written_tensors(n.ins, n.attrs)}
+    if any(t.shape != loop.shape for t in tensors) or any(
+            t.op != "input" for t in tensors if t.id in written):
+        return None
+    if any(i.op not in ("input", "scalar") and step_of[i.id].index > loop.index for i in n.ins):
+        return None  # an argument computed after the loop
+    readers = [s for s in steps if s.index > loop.index and s is not u
+               and not (s.kind == "extern" and s.nodes[0].op.name == "updated")]
+    return None if any(i.id in written for s in readers for i in s.inputs) else loop
+
+
+def _writes(s: Step) -> set:
+    """Ids of the tensors the updates fused into loop s write in place."""
+    return {t.id for n in s.nodes if n.op.kind == "update"
+            for t in n.op.written_tensors(n.ins, n.attrs)}
 
 
 def _row_phase(s: Step) -> bool:
@@ -270,7 +317,9 @@ def _row_groups(steps: list, step_of: dict) -> list:
         later = {n.id for d in deferred for n in d.nodes}
         row_values = all(i.id not in inside or i not in step_of[i.id].reductions
                          or red_dims(i) == (1,) for i in s.inputs)
-        return len(wide) <= 1 and row_values and not any(i.id in later for i in s.inputs)
+        read_later = {i.id for d in deferred for i in d.inputs}
+        return (len(wide) <= 1 and row_values and not any(i.id in later for i in s.inputs)
+                and not _writes(s) & read_later)
 
     def close():
         if len(group) > 1 and any(g.shape[1] > 1 for g in group):
