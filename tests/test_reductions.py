@@ -309,3 +309,36 @@ def test_update_stays_out_of_the_loop_when_a_later_step_reads_the_old_values():
         np.testing.assert_allclose(npy(xc), npy(xe), rtol=1e-6)
     plan = last_plan(compiled)
     assert any(s.kind == "update" for s in plan.steps), plan.describe()
+
+
+def test_cross_entropy_step_forms_row_groups_and_matches_eager():
+    """An MLP with CrossEntropyLoss (the MNIST-like benchmark, smaller): a row loop that cannot
+    join the current group (another width) starts the next one, so log-softmax's forward
+    (exp, row sum, log, subtract) and its backward each become a row group."""
+
+    def make():
+        fusegrad.manual_seed(4)
+        model = nn.Sequential(nn.Linear(20, 32), nn.ReLU(), nn.Linear(32, 7))
+        opt = fusegrad.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        loss_fn = nn.CrossEntropyLoss()
+
+        def step(x, y):
+            loss = loss_fn(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            return loss
+
+        return model, step
+
+    rng = np.random.default_rng(5)
+    x, y = rng.standard_normal((40, 20)).astype(np.float32), rng.integers(0, 7, 40)
+    (me, eager), (mc, compiled) = make(), make()
+    compiled = fusegrad.compile(compiled)
+    for _ in range(3):
+        le = eager(fusegrad.tensor(x), fusegrad.tensor(y)).item()
+        assert compiled(fusegrad.tensor(x), fusegrad.tensor(y)).item() == pytest.approx(le, rel=1e-5)
+    for pe, pc in zip(me.parameters(), mc.parameters(), strict=True):
+        np.testing.assert_allclose(npy(pc), npy(pe), rtol=1e-5, atol=1e-6)
+    groups = [s for s in last_plan(compiled).steps if s.phases]
+    assert len(groups) >= 2, last_plan(compiled).describe()

@@ -341,9 +341,10 @@ def _row_groups(steps: list, step_of: dict) -> list:
     for s in steps:
         if joins(s):
             group.append(s)
-        elif group and (s.kind == "loop" or s.kind == "extern" and s.nodes[0].op.name != "updated"):
+        elif group and not _row_phase(s) and (
+                s.kind == "loop" or s.kind == "extern" and s.nodes[0].op.name != "updated"):
             deferred.append(s)
-        else:
+        else:  # a row loop that cannot join starts the next group
             close()
             (group if _row_phase(s) else out).append(s)
     close()
