@@ -290,6 +290,19 @@ def test_reductions_over_any_dims(dims, keepdim):
         np.testing.assert_allclose(_cpu(c), w.numpy(), rtol=RTOL, atol=ATOL)
 
 
+def test_max_and_min_propagate_nan():
+    x = np.random.default_rng(2).standard_normal((4, 6)).astype(np.float32)
+    x[1, 3] = x[2, 0] = np.nan
+
+    def f(t):
+        return t.amax(1), t.amin(0), t.amax()
+
+    want = f(fusegrad.tensor(x))
+    compiled = fusegrad.compile(f, backend="cuda")(fusegrad.tensor(x, device="cuda"))
+    for w, c in zip(want, compiled, strict=True):
+        np.testing.assert_array_equal(_cpu(c), w.numpy())
+
+
 @pytest.mark.parametrize(
     "sa,sb",
     [

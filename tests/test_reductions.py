@@ -93,7 +93,8 @@ def test_reductions_over_different_dims_share_one_loop(shape, dtype):
 
 
 def test_max_and_integer_reductions_do_not_mix():
-    """Only float sums and means share a loop across dims; a max over rows stays separate."""
+    """Only float sums and means share a loop across dims: a max over rows or an integer sum
+    never shares one with reductions over other dims."""
 
     def f(x):
         return x.sum(), (x * 2).amax(1), (x > 0).sum(0)
@@ -104,7 +105,11 @@ def test_max_and_integer_reductions_do_not_mix():
     np.testing.assert_allclose(npy(total), a.astype(np.float64).sum(), rtol=1e-6)
     np.testing.assert_array_equal(npy(mx), (a * 2).max(1))
     np.testing.assert_array_equal(npy(pos), (a > 0).sum(0))
-    assert not any(s.by_rows for s in last_plan(step).steps)
+    loops = [p for s in last_plan(step).steps for p in (s.phases or [s]) if s.kind == "loop"]
+    for loop in loops:  # (a row group may still run the max's loop row by row)
+        kinds = {(n.op.lower, n.ins[0].dtype.is_floating_point) for n in loop.reductions}
+        if kinds - {("sum", True), ("mean", True)}:
+            assert len({fuse.red_dims(n) for n in loop.reductions}) == 1, last_plan(step).describe()
 
 
 @pytest.mark.parametrize("shape", [(4, 6), (150, 1100)])
@@ -400,3 +405,27 @@ def test_random_row_programs_compiled_match_eager(seed):
         eager_err = float(np.max(np.abs(e32[key] - ref[key]), initial=0.0))
         np.testing.assert_allclose(c32[key], e32[key], rtol=1e-4, atol=4 * eager_err + 1e-6,
                                    err_msg=f"{key}: {names}")
+
+
+# --------------------------------------------------------------------------- max / min
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_max_and_min_propagate_nan_as_eager_does(dtype):
+    """A NaN anywhere in what is reduced gives NaN, as in numpy and PyTorch: row reductions on
+    their own, inside a row group (softmax's max), and over a large 1-D tensor (parallel
+    blocks). An accumulator written as max(acc, v) would drop a NaN that is not first."""
+    a = np.random.default_rng(0).standard_normal((70, 9)).astype(dtype)
+    a[3, 4] = a[10, 0] = a[20, 8] = np.nan
+    big = np.random.default_rng(1).standard_normal(600_000).astype(dtype)
+    big[400_000] = np.nan
+
+    def f(x, y):
+        soft = (x - x.amax(1, keepdim=True)).exp().sum(1)  # a row group with a row max
+        return x.amax(1), x.amin(1), x.amax(0), soft, y.amax(), y.amin(), (y * 0).amax()
+
+    step = fusegrad.compile(f)
+    got = step(fusegrad.tensor(a), fusegrad.tensor(big))
+    want = f(fusegrad.tensor(a), fusegrad.tensor(big))
+    for g, w in zip(got, want, strict=True):  # NaN where eager has NaN (equal_nan)
+        np.testing.assert_allclose(npy(g), npy(w), rtol=1e-6)
+    assert np.isnan(npy(got[0])[[3, 10, 20]]).all() and np.isnan(npy(got[4])).item()
+    assert any(s.phases for s in last_plan(step).steps), last_plan(step).describe()

@@ -134,8 +134,9 @@ def rows_source(step: Step) -> str:
 
     Rows run in parallel in fixed blocks of ROWS. For each row, each phase runs in order over
     the row (a [R, 1] phase once): a later phase reads what an earlier one wrote for this row
-    from cache, and its row results (a row sum, a [R, 1] value) are complete. Row sums go
-    through a chunk buffer and pairwise_sum, as in kernel_source; sums over everything add each
+    from cache, and its row results (a row sum or max, a [R, 1] value) are complete. Row sums
+    go through a chunk buffer and pairwise_sum, as in kernel_source (a row max or min through
+    the buffer into one accumulator); sums over everything add each
     row into a per-block partial, column sums into the block's row of a (blocks, n1) partials
     array. After the loop, the partials are added up in block order, so no two threads write
     one value and the result does not depend on the thread count."""
@@ -154,6 +155,14 @@ def rows_source(step: Step) -> str:
             count = " * ".join(f"n{d}" for d in dims)
             div = f" / ({count})" if n.op.lower == "mean" else ""
             store = f"{out} = {_CAST[n.dtype.name]}(acc{k}{div})"
+            if n.op.lower in ("max", "min"):  # over rows only (fuse._row_phase)
+                init, nxt = _acc(n.op.lower, n.ins[0].dtype, f"acc{k}", f"w{k}[j]")
+                per_block.append(f"w{k} = np.empty({CHUNK}, np.{dt})")
+                inner.append(f"w{k}[j] = {v}")
+                accs.append((f"acc{k}", init))
+                after_chunk += ["for j in range(m):", f"    acc{k} = {nxt}"]
+                after_row.append(store)
+                continue
             if dims == (0,):  # columns: a block's partials stay in the input dtype (vectorizes)
                 alloc.append(f"cols{k} = np.zeros((nb, n1), np.{dt})")
                 inner.append(f"cols{k}[b, i1] = cols{k}[b, i1] + {v}")
@@ -164,7 +173,7 @@ def rows_source(step: Step) -> str:
             per_block += [f"w{k} = np.empty({CHUNK}, np.{dt})",
                           f"d{k} = np.empty({CHUNK // 2}, np.float64)"]
             inner.append(f"w{k}[j] = {v}")
-            accs.append(f"acc{k}")
+            accs.append((f"acc{k}", "np.float64(0)"))
             after_chunk.append(f"acc{k} = acc{k} + pairwise_sum(w{k}, d{k}, m)")
             if dims == (1,):
                 after_row.append(store)
@@ -179,7 +188,7 @@ def rows_source(step: Step) -> str:
         if loop[1] == 1 and not phase.reductions:  # a [R, 1] phase: row values, once per row
             per_row += chain
             continue
-        per_row += [f"{acc} = np.float64(0)" for acc in accs]
+        per_row += [f"{acc} = {init}" for acc, init in accs]
         per_row += [f"for ci in range((n1 + {CHUNK - 1}) // {CHUNK}):",
                     f"    c = ci * {CHUNK}", f"    m = min({CHUNK}, n1 - c)",
                     "    for j in range(m):", "        i1 = c + j"]
@@ -418,10 +427,14 @@ def _acc(kind: str, d: dtypes.dtype, acc: str, v: str) -> tuple[str, str]:
     wide = "np.float64" if d.is_floating_point else "np.int64"
     if kind in ("sum", "mean"):
         return f"{wide}(0)", f"{acc} + {wide}({v})"
+    if kind in ("max", "min") and d.is_floating_point:  # a NaN wins, as in numpy and PyTorch
+        cmp = ">" if kind == "max" else "<"
+        init = "-np.inf" if kind == "max" else "np.inf"
+        return init, f"{v} if ({v} {cmp} {acc} or {v} != {v}) else {acc}"
     if kind == "max":
-        return ("-np.inf" if d.is_floating_point else "np.iinfo(np.int64).min"), f"max({acc}, {v})"
+        return "np.iinfo(np.int64).min", f"max({acc}, {v})"
     if kind == "min":
-        return ("np.inf" if d.is_floating_point else "np.iinfo(np.int64).max"), f"min({acc}, {v})"
+        return "np.iinfo(np.int64).max", f"min({acc}, {v})"
     if kind == "all":
         return "True", f"{acc} and bool({v})"
     return "False", f"{acc} or bool({v})"

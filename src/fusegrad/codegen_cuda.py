@@ -85,7 +85,12 @@ def _acc_cuda(kind: str, d) -> tuple[str, str, str, str]:
             init = "-math.inf" if kind == "max" else "math.inf"
         else:
             init = str(-(2**63)) if kind == "max" else str(2**63 - 1)
-        return sh, f"{wide}({init})", f"{kind}({{acc}}, {wide}({{v}}))", f"{kind}({{a}}, {{b}})"
+        if not floating:
+            return sh, f"{wide}({init})", f"{kind}({{acc}}, {wide}({{v}}))", f"{kind}({{a}}, {{b}})"
+        cmp = ">" if kind == "max" else "<"  # a NaN wins, as in numpy and PyTorch
+        v = f"{wide}({{v}})"
+        return (sh, f"{wide}({init})", f"({v} if ({v} {cmp} {{acc}} or {v} != {v}) else {{acc}})",
+                f"({{b}} if ({{b}} {cmp} {{a}} or {{b}} != {{b}}) else {{a}})")
     pick = "min" if kind == "all" else "max"
     init = "1" if kind == "all" else "0"
     return (

@@ -293,10 +293,12 @@ def _writes(s: Step) -> set:
 
 def _row_phase(s: Step) -> bool:
     """A loop that can run one row at a time: 2-D, and reducing only by float sums/means over
-    rows, columns or everything (none at all over a single column)."""
+    rows, columns or everything, or by max/min over rows (none at all over a single column)."""
     if s.kind != "loop" or len(s.shape) != 2 or s.shape[0] < 2:
         return False
-    return all(map(_mixable, s.reductions)) and not (s.shape[1] == 1 and s.reductions)
+    ok = all(_mixable(n) or n.op.lower in ("max", "min") and red_dims(n) == (1,)
+             for n in s.reductions)
+    return ok and not (s.shape[1] == 1 and s.reductions)
 
 
 def _row_groups(steps: list, step_of: dict) -> list:
