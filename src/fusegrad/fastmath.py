@@ -345,6 +345,22 @@ def _sq_err(a):
 
 
 @_jit
+def _exp_reduced(x, lo):
+    """(t, exp(r)) for x + lo = n*ln2 + r: t holds n in its low mantissa bits (see
+    _MAGIC), exp(r) is the polynomial; the callers scale by 2**n."""
+    t = x * _LOG2E + _MAGIC  # round(x / ln2) lives in the low mantissa bits
+    n = _ssub(t, _MAGIC)
+    r = _sadd(_ssub(_ssub(x, _smul(n, _LN2_HI)), _smul(n, _LN2_LO)), lo)
+    p = _EP0
+    p = p * r + _EP1
+    p = p * r + _EP2
+    p = p * r + _EP3
+    p = p * r + _EP4
+    p = p * r + _EP5
+    return t, p * (r * r) + r + _ONE
+
+
+@_jit
 def _exp_hilo(x, lo, k):
     """exp(x + lo) * 2**k for float32 x, tiny correction lo, small int k >= 0.
 
@@ -355,16 +371,7 @@ def _exp_hilo(x, lo, k):
     xc = _EXP_HI if x > _EXP_HI else x  # comparisons keep NaN flowing
     lo_clamp = _EXP_LO - np.float32(k) * _LN2_HI  # constant after inlining
     xc = lo_clamp if xc < lo_clamp else xc
-    t = xc * _LOG2E + _MAGIC  # round(x / ln2) lives in the low mantissa bits
-    n = _ssub(t, _MAGIC)
-    r = _sadd(_ssub(_ssub(xc, _smul(n, _LN2_HI)), _smul(n, _LN2_LO)), lo)
-    p = _EP0
-    p = p * r + _EP1
-    p = p * r + _EP2
-    p = p * r + _EP3
-    p = p * r + _EP4
-    p = p * r + _EP5
-    y = p * (r * r) + r + _ONE
+    t, y = _exp_reduced(xc, lo)
     # 2**n with n in [-150, 128], split in two normal powers of two so that
     # overflow and gradual underflow are produced by the final multiply.
     ni = (_bits(t) - _MAGIC_BITS) + k
@@ -379,16 +386,7 @@ def _exp_hilo(x, lo, k):
 def _exp_small(x):
     """exp(x) for 0 <= x <= 20 (tanh's argument): no clamps, one 2**n scale. The same
     reduction and polynomial as _exp_hilo, so the same bits, about 17% less work in tanh."""
-    t = x * _LOG2E + _MAGIC
-    n = _ssub(t, _MAGIC)
-    r = _ssub(_ssub(x, _smul(n, _LN2_HI)), _smul(n, _LN2_LO))
-    p = _EP0
-    p = p * r + _EP1
-    p = p * r + _EP2
-    p = p * r + _EP3
-    p = p * r + _EP4
-    p = p * r + _EP5
-    y = p * (r * r) + r + _ONE
+    t, y = _exp_reduced(x, _NZERO)  # adding -0.0 folds away
     return _smul(y, _from_bits(((_bits(t) - _MAGIC_BITS) + 127) << 23))
 
 
